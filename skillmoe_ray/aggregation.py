@@ -1,0 +1,169 @@
+"""Merging the experts' answers: votes, the LLM aggregator prompt, and choosing the aggregator.
+
+The paper picks one aggregator per task with a synthetic benchmark built on the
+validation split: for each question, one correct and two wrong chains of
+thought, shuffled; every candidate answers; the best hit rate wins. The
+aggregator then reads the k experts' chains of thought (each cut after any
+``</think>``) and answers the question itself.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+from .answers import strip_thinking
+from .tasks import Task
+
+AGGREGATION_PREAMBLE = (
+    "You have been provided with a set of responses from various open-source models to the latest user query. "
+    "Your task is to synthesize these responses into a single, high-quality response. "
+    "It is crucial to critically evaluate the information provided in these responses, "
+    "recognizing that some of it may be biased or incorrect. "
+    "Your response should not simply replicate the given answers but should offer a refined, "
+    "accurate, and comprehensive reply to the instruction. "
+    "Ensure your response is well-structured, coherent, and adheres "
+    "to the highest standards of accuracy and reliability. "
+    "Responses from models:\n\n"
+)
+
+
+def expert_prompt(task: Task, question: str) -> str:
+    return f"Question: {question}\n{task.instruction()}"
+
+
+def aggregation_prompt(task: Task, question: str, responses: Sequence[str]) -> str:
+    """The reference's aggregation prompt: the responses first, then the question and answer format."""
+    parts = [AGGREGATION_PREAMBLE]
+    for i, response in enumerate(responses, 1):
+        parts.append(f"### Model {i}'s response:\n{strip_thinking(response)}\n\n")
+    parts.append(expert_prompt(task, question))
+    return "".join(parts)
+
+
+def _same(task: Task | None) -> Callable[[str, str], bool]:
+    return task.same_answer if task is not None else (lambda a, b: a == b)
+
+
+def weighted_vote(
+    preds: Sequence[str | None],
+    weights: Sequence[float],
+    rank: Sequence[int] | None = None,
+    task: Task | None = None,
+) -> str | None:
+    """The answer with the largest total weight; None votes abstain.
+
+    Ties go to the answer backed by the best-ranked voter (lowest ``rank``),
+    then to the answer given first. Equivalent answers (``1/2`` and ``0.5`` in
+    a boxed task) pool their weight.
+    """
+    if len(preds) != len(weights):
+        raise ValueError("preds and weights must have the same length")
+    rank = list(rank) if rank is not None else list(range(len(preds)))
+    same = _same(task)
+    groups: list[list[int]] = []  # indices of equivalent answers
+    for i, p in enumerate(preds):
+        if p is None:
+            continue
+        for g in groups:
+            if same(preds[g[0]], p):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
+        return None
+
+    def key(g: list[int]) -> tuple[float, int, int]:
+        return (-sum(weights[i] for i in g), min(rank[i] for i in g), g[0])
+
+    best = min(groups, key=key)
+    return preds[best[0]]
+
+
+def majority_vote(preds: Sequence[str | None], rank: Sequence[int] | None = None, task: Task | None = None) -> str | None:
+    return weighted_vote(preds, [1.0] * len(preds), rank, task)
+
+
+# --------------------------------------------------------------------------- aggregator benchmark
+
+
+@dataclass(frozen=True)
+class AggregatorTask:
+    """One synthetic aggregation item: the question and three shuffled chains of thought."""
+
+    qid: str
+    question: str
+    gold: str
+    responses: tuple[str, str, str]
+    correct_position: int
+
+
+def build_aggregator_tasks(
+    qids: Sequence[str],
+    questions: Sequence[str],
+    golds: Sequence[str],
+    outputs: Mapping[str, Sequence[str]],
+    correct: Mapping[str, Sequence[bool]],
+    seed: int = 0,
+) -> list[AggregatorTask]:
+    """1 correct + 2 wrong chains of thought per validation question, shuffled.
+
+    Questions where no expert was right, or fewer than two were wrong, carry no
+    signal about reading skill and are skipped (the reference pads them with
+    empty strings instead, which only adds noise).
+    """
+    rng = random.Random(seed)
+    experts = list(outputs)
+    tasks = []
+    for i, qid in enumerate(qids):
+        right = [outputs[e][i] for e in experts if correct[e][i]]
+        wrong = [outputs[e][i] for e in experts if not correct[e][i] and outputs[e][i]]
+        if not right or len(wrong) < 2:
+            continue
+        good = rng.choice(right)
+        chosen = [good, *rng.sample(wrong, 2)]
+        rng.shuffle(chosen)
+        tasks.append(AggregatorTask(qid, questions[i], golds[i], tuple(chosen), chosen.index(good)))
+    return tasks
+
+
+def select_aggregator(hit_rates: Mapping[str, float], ranking: Sequence[str] = ()) -> str:
+    """Best hit rate on the synthetic benchmark; ties go to the better-ranked expert."""
+    if not hit_rates:
+        raise ValueError("no aggregator candidates were benchmarked")
+    order = {n: i for i, n in enumerate(ranking)}
+    return min(hit_rates, key=lambda n: (-hit_rates[n], order.get(n, len(order)), n))
+
+
+def vote_settled(preds: Sequence[str | None], rank: Sequence[int], remaining: int, task: Task | None = None) -> bool:
+    """Whether ``remaining`` more votes, all from experts ranked below every voter so far, can change the vote.
+
+    Used by cascades: experts are asked in rank order and a question stops as
+    soon as its majority vote is certain. The leader is settled when every
+    other answer, even with all remaining votes, stays behind it, or only ties
+    it and loses the tie-break (an answer nobody has given yet would get its
+    best voter from the remaining, lower-ranked experts).
+    """
+    winner = majority_vote(preds, rank, task)
+    if winner is None:
+        return remaining == 0
+    same = _same(task)
+    lead_idx = [i for i, p in enumerate(preds) if p is not None and same(p, winner)]
+    lead = len(lead_idx)
+    lead_best = min(rank[i] for i in lead_idx)
+    others: dict[int, list[int]] = {}
+    for i, p in enumerate(preds):
+        if p is None or same(p, winner):
+            continue
+        key = next((j for j in others if same(preds[j], p)), i)
+        others.setdefault(key, []).append(i)
+    # an unseen answer: 0 votes so far, best voter among the remaining (always worse-ranked)
+    if remaining > lead:
+        return False
+    for idx in others.values():
+        count = len(idx) + remaining
+        if count > lead or (count == lead and min(rank[i] for i in idx) < lead_best):
+            return False
+    return True

@@ -1,0 +1,102 @@
+"""The ``skillmoe`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import SkillMoEError
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("--seeds needs at least one seed")
+    return seeds
+
+
+def _methods(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skillmoe", description="Skill-based mixture of LLM experts (Symbolic-MoE).")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug information")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", required=True, help="deployment YAML, e.g. deployments/recorded-mmlu-pro.yaml")
+        sp.add_argument("--task", required=True, help="MMLU_Pro, GPQA, MedMCQA or AIME24")
+        sp.add_argument("--recorded-dir", help="use the <model>.jsonl.gz recordings in DIR as the pool")
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sp = sub.add_parser("profile", help="build and save expert profiles and the aggregator choice")
+    common(sp)
+    sp.add_argument("--force", action="store_true", help="rebuild even if saved profiles match")
+
+    sp = sub.add_parser("evaluate", help="run every method on the test split and print a table")
+    common(sp)
+    sp.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    sp.add_argument("--out", type=Path, help="write the results as JSON here")
+    sp.add_argument("--methods", type=_methods, help="only these methods (comma-separated)")
+    sp.add_argument("--rebuild-profiles", action="store_true")
+    return p
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("sentence_transformers", "transformers", "httpx", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    _quiet_libraries()
+    try:
+        return _run(args)
+    except SkillMoEError as exc:
+        print(f"skillmoe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skillmoe: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runtime import Runtime
+    from .tasks import get_task
+
+    cfg = load_config(args.config)
+    task = get_task(args.task)
+    rt = Runtime.from_config(cfg, recorded_dir=args.recorded_dir, progress=not args.quiet)
+
+    if args.command == "profile":
+        prof = rt.profiles(task, rebuild=args.force)
+        print(f"profiles: {rt.profiles_path(task)}")
+        for name in prof.ranking():
+            print(f"  {name:<36} validation accuracy {100 * prof.accuracy[name]:5.1f}%")
+        print(f"  {len(prof.skills)} skills; aggregator: {prof.aggregator.get('name')}")
+        return 0
+
+    if args.command == "evaluate":
+        from .evaluate import evaluate, format_table, write_report
+
+        report = evaluate(rt, task, args.seeds, args.methods, rebuild_profiles=args.rebuild_profiles)
+        print(format_table(report))
+        if args.out:
+            write_report(report, args.out)
+            print(f"results written to {args.out}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

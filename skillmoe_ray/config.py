@@ -1,0 +1,183 @@
+"""Deployment configuration: YAML files validated by pydantic.
+
+One file per deployment under ``deployments/``. Unknown fields are errors (a
+typo must not silently fall back to a default), and every error names the file,
+the field and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+EngineKind = Literal["recorded", "vllm", "transformers", "simulated"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExpertConfig(_Strict):
+    """One pool model."""
+
+    name: str = Field(min_length=1)
+    engine: EngineKind
+    #: hub id, local folder, or (recorded engine) the recording file
+    model: str = Field(min_length=1)
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    #: weights in GB; used by the planner's cost model and the residency cache
+    size_gb: float | None = Field(default=None, gt=0)
+
+
+class PoolConfig(_Strict):
+    experts: list[ExpertConfig] = Field(default_factory=list)
+    #: shorthand for a recorded pool: every ``*.jsonl.gz`` in the folder is one expert
+    #: ("builtin:mmlu_pro" is the recording shipped with the package)
+    recorded_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "PoolConfig":
+        if not self.experts and not self.recorded_dir:
+            raise ValueError("the pool needs 'experts' or 'recorded_dir'")
+        names = [e.name for e in self.experts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"expert names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+
+class SkillsConfig(_Strict):
+    #: ``keyword_llm``: the paper's keyword LLM; ``embedding``: tag questions against
+    #: the skill vocabulary by Sentence-BERT similarity (no LLM needed)
+    extractor: Literal["keyword_llm", "embedding"] = "embedding"
+    #: expert name (or any model spec) that runs the keyword prompt
+    keyword_model: str | None = None
+    samples: int = Field(default=5, ge=1)
+    min_count: int = Field(default=2, ge=1)
+    max_chars: int = Field(default=20, ge=1)
+    #: skills per question for the embedding tagger
+    top_n: int = Field(default=3, ge=1)
+    #: "builtin" or a text file with one skill per line
+    vocabulary: str = "builtin"
+    #: sentence-transformers model: "all-MiniLM-L6-v2" uses the PyPI-packaged copy
+    embedder: str = "all-MiniLM-L6-v2"
+
+    @model_validator(mode="after")
+    def _keyword_model(self) -> "SkillsConfig":
+        if self.extractor == "keyword_llm" and not self.keyword_model:
+            raise ValueError("extractor 'keyword_llm' needs 'keyword_model'")
+        return self
+
+
+class RoutingConfig(_Strict):
+    strategy: str = "paper"
+    k: int = Field(default=3, ge=1)
+    #: temperature of the global strength gamma (paper: 0.5)
+    temperature: float = Field(default=0.5, gt=0)
+    #: experts recruited for less than this share of a batch are replaced (paper: 5%)
+    usage_floor: float = Field(default=0.05, ge=0, lt=1)
+    seed: int = 0
+
+
+class AggregationConfig(_Strict):
+    #: ``vote``: majority vote; ``weighted_vote``: votes weighted by validation skill;
+    #: ``llm``: an aggregator model reads the experts' chains of thought
+    mode: Literal["vote", "weighted_vote", "llm"] = "vote"
+    #: candidates for the task-level aggregator benchmark (default: the whole pool)
+    candidates: list[str] = Field(default_factory=list)
+    #: fixed aggregator (skips the benchmark)
+    aggregator: str | None = None
+    max_tokens: int = Field(default=4096, ge=1)
+
+
+class ServingConfig(_Strict):
+    workers: int = Field(default=1, ge=1)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    batch_window_s: float = Field(default=0.05, ge=0)
+    max_batch_size: int = Field(default=64, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class GenerationConfig(_Strict):
+    temperature: float = Field(default=0.7, ge=0)
+    max_tokens: int = Field(default=4096, ge=1)
+
+
+class Config(_Strict):
+    name: str = "skillmoe"
+    pool: PoolConfig
+    skills: SkillsConfig = Field(default_factory=SkillsConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    #: "builtin" (the data sets shipped with the package) or a folder of <task>_<split>.json
+    data_dir: str = "builtin"
+    #: where profiles and caches go; relative paths are relative to the working directory
+    state_dir: str = ".skillmoe"
+
+    #: the file this config was read from (not a YAML field)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError("must be a non-empty name without '/'")
+        return v
+
+    def resolve_path(self, value: str) -> Path:
+        """Paths inside a config are relative to the config file's folder."""
+        p = Path(value).expanduser()
+        if p.is_absolute() or self.source is None:
+            return p
+        return (self.source.parent / p).resolve()
+
+    def benchmarks_dir(self) -> Path | None:
+        return None if self.data_dir == "builtin" else self.resolve_path(self.data_dir)
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{path}: {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: Path | str = "<config>") -> Config:
+    path = Path(source)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+    cfg.source = path.resolve() if path.exists() else None
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    return parse_config(data, path)

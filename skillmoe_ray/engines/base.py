@@ -1,0 +1,95 @@
+"""The one small interface every engine implements.
+
+The scheduler only needs four things from a model: bring it in, run a batch,
+put it away, and say how much memory it holds. Keeping the interface this
+small is what lets a replayed recording, a cost-model simulation and a real
+vLLM instance be swapped under the same planner and worker code.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["expert", "keyword", "aggregator"]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling for one batch. Experts sample at 0.7 as in the paper."""
+
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A chat prompt plus what a replaying engine needs to find its recording.
+
+    ``key`` is the question id ("task/split/index") when the prompt is about a
+    data-set question; ``role`` says which prompt template produced it.
+    """
+
+    messages: tuple[dict[str, str], ...]
+    key: str | None = None
+    role: Role = "expert"
+    question: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @staticmethod
+    def user(prompt: str, **kw: Any) -> "GenerationRequest":
+        return GenerationRequest(messages=({"role": "user", "content": prompt},), **kw)
+
+    @property
+    def prompt(self) -> str:
+        return self.messages[-1]["content"]
+
+
+class Engine(ABC):
+    """A model behind load / generate / release.
+
+    ``generate`` may be called only while loaded; engines that can answer
+    without loading (replay) still track the state so schedulers see the
+    same life cycle everywhere.
+    """
+
+    name: str
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._loaded = False
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def load(self) -> None:
+        self._loaded = True
+
+    def release(self) -> None:
+        """Free the model completely (device and host memory)."""
+        self._loaded = False
+
+    def park(self) -> None:
+        """Move the model out of device memory but keep it quick to bring back.
+
+        Engines that cannot park (vLLM on CPU has no sleep mode) release.
+        """
+        self.release()
+
+    @abstractmethod
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
+        """One response text per request, in order."""
+
+    def resident_bytes(self) -> int:
+        return 0
+
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, loaded={self._loaded})"

@@ -1,0 +1,17 @@
+"""Builds an engine from an expert's config entry."""
+
+from __future__ import annotations
+
+from ..config import ExpertConfig
+from ..errors import ConfigError
+from .base import Engine
+from .recorded import RecordedEngine
+
+
+def create_engine(expert: ExpertConfig, data_dir: str | None = None) -> Engine:
+    if expert.engine == "recorded":
+        return RecordedEngine(expert.name, expert.model, task=expert.engine_args.get("task"), data_dir=data_dir)
+    raise ConfigError(
+        f"expert {expert.name!r}: engine {expert.engine!r} is not available in this build "
+        "(available: recorded)"
+    )

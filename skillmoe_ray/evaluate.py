@@ -1,0 +1,136 @@
+"""Offline evaluation: every method on a task's test split, over several seeds.
+
+Each method is a (router, aggregator) pair run through :class:`Pipeline` — the
+same code the server runs — and is scored on the gold answers only after the
+pipeline has answered.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tqdm import tqdm
+
+from .pipeline import Aggregator, Pipeline, Router
+from .profiles import Profiles
+from .runtime import Runtime
+from .strategies import CascadeRouter, FixedRouter, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator
+from .tasks import Question, Task
+
+
+@dataclass
+class Method:
+    name: str
+    router: Router
+    aggregator: Aggregator
+    #: deterministic methods give the same answers for every seed; run them once
+    seeded: bool = False
+
+
+def standard_methods(rt: Runtime, prof: Profiles) -> list[Method]:
+    ranking = prof.ranking()
+    vote = VoteAggregator(ranking)
+    cfg = rt.cfg.routing
+    methods = [Method("single_best", FixedRouter("single_best", ranking[:1]), vote)]
+    for k in range(1, len(ranking) + 1):
+        methods.append(Method(f"fixed_top{k}_vote", FixedRouter(f"fixed_top{k}", ranking[:k]), vote))
+    methods += [
+        Method("random3_vote", RandomRouter(ranking, 3), vote, seeded=True),
+        Method("all_vote", FixedRouter("all", ranking), vote),
+        Method("all_weighted_vote", FixedRouter("all", ranking), WeightedVoteAggregator(prof)),
+        Method("skillmoe_paper", PaperRouter(prof, cfg.k, cfg.temperature, cfg.usage_floor), vote, seeded=True),
+    ]
+    methods += own_methods(rt, prof)
+    return methods
+
+
+def own_methods(rt: Runtime, prof: Profiles) -> list[Method]:
+    """This project's strategies (see docs/strategies.md for what was tried and measured)."""
+    ranking = prof.ranking()
+    vote = VoteAggregator(ranking)
+    k = min(5, len(ranking))
+    return [Method(f"cascade_top{k}_vote", CascadeRouter(f"cascade_top{k}", ranking[:k]), vote)]
+
+
+def run_method(method: Method, pipeline_for: Callable[[Method], Pipeline], questions: Sequence[Question],
+               skills: Sequence[Sequence[str]], seeds: Sequence[int], task: Task) -> dict:
+    per_seed, calls = [], []
+    cache: dict | None = None
+    for seed in seeds:
+        if cache is not None and not method.seeded:
+            per_seed.append(cache["acc"])
+            calls.append(cache["calls"])
+            continue
+        sols = pipeline_for(method).solve(questions, seed=seed, skills=skills)
+        acc = sum(task.is_correct(s.answer, s.question.gold) for s in sols) / len(sols)
+        c = sum(s.calls for s in sols) / len(sols)
+        per_seed.append(acc)
+        calls.append(c)
+        cache = {"acc": acc, "calls": c}
+    return {
+        "accuracy_mean": statistics.fmean(per_seed),
+        "accuracy_std": statistics.pstdev(per_seed) if len(per_seed) > 1 else 0.0,
+        "per_seed": per_seed,
+        "calls_per_question": statistics.fmean(calls),
+    }
+
+
+def evaluate(rt: Runtime, task: Task, seeds: Sequence[int], methods: Sequence[str] | None = None,
+             rebuild_profiles: bool = False) -> dict:
+    prof = rt.profiles(task, rebuild=rebuild_profiles)
+    questions = rt.questions(task, "test")
+    if rt.progress:
+        print(f"extracting skills for {len(questions)} {task.name} test questions")
+    skills = rt.skill_stage(prof).skills(questions)
+    all_methods = standard_methods(rt, prof)
+    if methods:
+        wanted = set(methods)
+        unknown = wanted - {m.name for m in all_methods}
+        if unknown:
+            from .errors import ConfigError
+
+            raise ConfigError(f"unknown method(s): {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(m.name for m in all_methods)}")
+        all_methods = [m for m in all_methods if m.name in wanted]
+
+    rt.executor.progress = False  # one bar over methods is enough; replayed experts answer at once
+
+    def pipeline_for(m: Method) -> Pipeline:
+        return Pipeline(task, None, m.router, m.aggregator, rt.executor)
+
+    results = {}
+    for m in tqdm(all_methods, desc="methods", unit="method", disable=not rt.progress):
+        results[m.name] = run_method(m, pipeline_for, questions, skills, seeds, task)
+    return {
+        "task": task.name,
+        "split": "test",
+        "n_questions": len(questions),
+        "seeds": list(seeds),
+        "pool": prof.experts,
+        "validation_accuracy": prof.accuracy,
+        "aggregator": prof.aggregator,
+        "profiles": str(rt.profiles_path(task)),
+        "methods": results,
+    }
+
+
+def format_table(report: dict) -> str:
+    rows = [("method", "accuracy (mean ± std)", "calls/question")]
+    for name, r in report["methods"].items():
+        rows.append((name, f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}",
+                     f"{r['calls_per_question']:.2f}"))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{rows[0][0]:<{w[0]}}  {rows[0][1]:>{w[1]}}  {rows[0][2]:>{w[2]}}", "-" * (sum(w) + 4)]
+    lines += [f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}" for a, b, c in rows[1:]]
+    head = (f"{report['task']} test, {report['n_questions']} questions, seeds {','.join(map(str, report['seeds']))}, "
+            f"pool of {len(report['pool'])}")
+    return head + "\n" + "\n".join(lines)
+
+
+def write_report(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -1,0 +1,226 @@
+"""The one code path from questions to answers.
+
+``skillmoe evaluate`` runs :meth:`Pipeline.solve` on a whole data set; the
+server (Serving issue) runs the same method on each micro-batch, with a
+Ray-backed executor in place of :class:`LocalExecutor`. Stages:
+
+    skills  ->  align  ->  route  ->  expert-grouped execution  ->  aggregate
+
+Everything but execution is a pure function of plain data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence
+
+from tqdm import tqdm
+
+from .aggregation import expert_prompt, vote_settled
+from .engines.base import Engine, GenerationRequest, SamplingSettings
+from .errors import ConfigError
+from .skills.extract import SkillAligner, SkillExtractor
+from .tasks import Question, Task
+
+
+@dataclass(frozen=True)
+class ExpertAnswer:
+    expert: str
+    response: str
+    pred: str | None
+
+
+@dataclass
+class Solution:
+    question: Question
+    skills: list[str]
+    experts: list[str]
+    answers: list[ExpertAnswer]
+    answer: str | None
+    response: str
+    aggregator: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def calls(self) -> int:
+        return len(self.answers)
+
+
+#: (question position, slot) -> request, grouped by expert
+ExpertPlan = dict[str, list[tuple[int, int, GenerationRequest]]]
+
+
+def group_by_expert(selections: Sequence[Sequence[str]], requests: Sequence[GenerationRequest]) -> ExpertPlan:
+    """Expert-grouped sub-batches: every expert appears once, with all its prompts of the batch.
+
+    Experts come in order of first use so a plan is deterministic.
+    """
+    plan: ExpertPlan = defaultdict(list)
+    for qi, experts in enumerate(selections):
+        for slot, expert in enumerate(experts):
+            plan[expert].append((qi, slot, requests[qi]))
+    return dict(plan)
+
+
+class Executor(Protocol):
+    def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]: ...
+
+    def engine(self, name: str) -> Engine: ...
+
+
+class LocalExecutor:
+    """Runs a plan in this process, one expert at a time, each loaded once per batch.
+
+    Engines whose residency costs nothing (recordings) stay loaded; the rest
+    are parked after their sub-batch so the next expert has the memory.
+    """
+
+    def __init__(self, engines: Mapping[str, Engine], progress: bool = False):
+        self.engines = dict(engines)
+        self.progress = progress
+
+    def engine(self, name: str) -> Engine:
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise ConfigError(f"no expert named {name!r} in the pool (have: {', '.join(self.engines)})") from None
+
+    def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
+        out: dict[tuple[int, int], str] = {}
+        items = plan.items()
+        bar = tqdm(items, desc="experts", unit="model", disable=not self.progress or len(plan) < 2, leave=False)
+        for name, work in bar:
+            engine = self.engine(name)
+            engine.ensure_loaded()
+            texts = engine.generate([req for _, _, req in work], sampling)
+            for (qi, slot, _), text in zip(work, texts):
+                out[(qi, slot)] = text
+            if not getattr(engine, "cheap_residency", False):
+                engine.park()
+        return out
+
+
+class Router(Protocol):
+    """Chooses each question's experts for a whole batch.
+
+    A router with ``cascade = True`` returns experts in the order they should
+    be asked; the pipeline then asks them in rounds and stops a question as
+    soon as its vote can no longer change (see :func:`aggregation.vote_settled`).
+    """
+
+    name: str
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]: ...
+
+
+class Aggregator(Protocol):
+    name: str
+
+    def aggregate(
+        self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]], executor: Executor,
+        seed: int,
+    ) -> list[tuple[str | None, str, str]]:
+        """(answer, response, who aggregated) per question."""
+        ...
+
+
+class SkillStage:
+    """Extraction plus alignment to the profiles' skills."""
+
+    def __init__(self, extractor: SkillExtractor, aligner: SkillAligner | None):
+        self.extractor = extractor
+        self.aligner = aligner
+
+    def skills(self, questions: Sequence[Question]) -> list[list[str]]:
+        raw = self.extractor.raw_skills(questions)
+        return self.aligner.align(raw) if self.aligner else [list(s) for s in raw]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        task: Task,
+        skills: SkillStage | None,
+        router: Router,
+        aggregator: Aggregator,
+        executor: Executor,
+        sampling: SamplingSettings = SamplingSettings(),
+    ):
+        self.task = task
+        self.skill_stage = skills
+        self.router = router
+        self.aggregator = aggregator
+        self.executor = executor
+        self.sampling = sampling
+
+    def solve(
+        self, questions: Sequence[Question], seed: int = 0, skills: Sequence[Sequence[str]] | None = None
+    ) -> list[Solution]:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        if skills is None:
+            skills = self.skill_stage.skills(questions) if self.skill_stage else [[] for _ in questions]
+        t1 = time.perf_counter()
+        timings["skills"] = t1 - t0
+
+        selections = self.router.route(questions, skills, seed)
+        t2 = time.perf_counter()
+        timings["route"] = t2 - t1
+
+        requests = [
+            GenerationRequest.user(expert_prompt(self.task, q.text), key=q.qid, role="expert", question=q.text)
+            for q in questions
+        ]
+        sampling = SamplingSettings(
+            temperature=self.sampling.temperature, max_tokens=self.sampling.max_tokens, top_p=self.sampling.top_p,
+            seed=seed,
+        )
+        if getattr(self.router, "cascade", False):
+            answers = self._run_cascade(selections, requests, sampling)
+        else:
+            texts = self.executor.run(group_by_expert(selections, requests), sampling)
+            answers = [
+                [ExpertAnswer(e, texts[(qi, slot)], self.task.extract(texts[(qi, slot)])) for slot, e in enumerate(sel)]
+                for qi, sel in enumerate(selections)
+            ]
+        selections = [[a.expert for a in ans] for ans in answers]
+        t3 = time.perf_counter()
+        timings["experts"] = t3 - t2
+        merged = self.aggregator.aggregate(self.task, questions, answers, self.executor, seed)
+        t4 = time.perf_counter()
+        timings["aggregate"] = t4 - t3
+        timings["total"] = t4 - t0
+        return [
+            Solution(q, list(sk), sel, ans, answer, response, who, dict(timings))
+            for q, sk, sel, ans, (answer, response, who) in zip(questions, skills, selections, answers, merged)
+        ]
+
+    def _run_cascade(self, selections: Sequence[Sequence[str]], requests: Sequence[GenerationRequest],
+                     sampling: SamplingSettings) -> list[list[ExpertAnswer]]:
+        """Ask each question's experts in order, in expert-grouped rounds, until its vote is settled."""
+        answers: list[list[ExpertAnswer]] = [[] for _ in selections]
+        rank_of = [{e: i for i, e in enumerate(sel)} for sel in selections]
+        first = [min(len(sel), (len(sel) + 1) // 2) for sel in selections]
+        open_q = [qi for qi, sel in enumerate(selections) if sel]
+        while open_q:
+            rounds = {qi: selections[qi][len(answers[qi]) : (first[qi] if not answers[qi] else len(answers[qi]) + 1)]
+                      for qi in open_q}
+            plan: ExpertPlan = defaultdict(list)
+            for qi, experts in rounds.items():
+                for j, e in enumerate(experts):
+                    plan[e].append((qi, len(answers[qi]) + j, requests[qi]))
+            texts = self.executor.run(dict(plan), sampling)
+            still_open = []
+            for qi, experts in rounds.items():
+                base = len(answers[qi])
+                for j, e in enumerate(experts):
+                    text = texts[(qi, base + j)]
+                    answers[qi].append(ExpertAnswer(e, text, self.task.extract(text)))
+                remaining = len(selections[qi]) - len(answers[qi])
+                ranks = [rank_of[qi][a.expert] for a in answers[qi]]
+                if remaining and not vote_settled([a.pred for a in answers[qi]], ranks, remaining, self.task):
+                    still_open.append(qi)
+            open_q = still_open
+        return answers

@@ -1,0 +1,175 @@
+"""Builds the working parts of a deployment from its config.
+
+The CLI and the server both start here, so a deployment file means the same
+thing offline and online: the same pool, skills stage, profiles and routing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from . import __version__
+from .aggregation import build_aggregator_tasks, aggregation_prompt, select_aggregator
+from .config import Config, ExpertConfig
+from .engines.base import Engine, GenerationRequest, SamplingSettings
+from .engines.registry import create_engine
+from .errors import ConfigError, DataError
+from .pipeline import LocalExecutor, SkillStage, group_by_expert
+from .aggregation import expert_prompt
+from .pool import pool_experts, pool_fingerprint
+from .profiles import Profiles, build_profiles
+from .skills.embeddings import Embedder, get_embedder
+from .skills.extract import EmbeddingTagger, KeywordExtractor, SkillAligner, load_vocabulary
+from .tasks import Question, Task, get_task, load_questions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    cfg: Config
+    experts: list[ExpertConfig]
+    engines: dict[str, Engine]
+    executor: LocalExecutor
+    progress: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Config, recorded_dir: str | None = None, progress: bool = True) -> "Runtime":
+        experts = pool_experts(cfg, recorded_dir)
+        data_dir = cfg.benchmarks_dir()
+        engines = {e.name: create_engine(e, str(data_dir) if data_dir else None) for e in experts}
+        return cls(cfg, experts, engines, LocalExecutor(engines, progress=progress), progress)
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    # ------------------------------------------------------------------ data
+
+    def questions(self, task: Task, split: str) -> list[Question]:
+        return load_questions(task, split, self.cfg.benchmarks_dir())  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ skills
+
+    def embedder(self) -> Embedder:
+        return get_embedder(self.cfg.skills.embedder)
+
+    def extractor(self):
+        sk = self.cfg.skills
+        if sk.extractor == "keyword_llm":
+            engine = self._keyword_engine(sk.keyword_model or "")
+            return KeywordExtractor(engine, sk.samples, sk.min_count, sk.max_chars,
+                                    temperature=self.cfg.generation.temperature)
+        return EmbeddingTagger(self.embedder(), load_vocabulary(sk.vocabulary), sk.top_n)
+
+    def _keyword_engine(self, name: str) -> Engine:
+        if name in self.engines:
+            return self.engines[name]
+        src = f"{self.cfg.source}: " if self.cfg.source else ""
+        raise ConfigError(f"{src}skills.keyword_model: {name!r} is not an expert of the pool "
+                          f"(have: {', '.join(self.engines)})")
+
+    def skill_stage(self, profiles: Profiles) -> SkillStage:
+        return SkillStage(self.extractor(), SkillAligner(self.embedder(), profiles.skills))
+
+    # ------------------------------------------------------------------ profiles
+
+    def fingerprint(self) -> str:
+        return pool_fingerprint(self.experts)
+
+    def profiles_path(self, task: Task) -> Path:
+        state = Path(self.cfg.state_dir).expanduser()
+        return state / "profiles" / f"{self.cfg.name}-{self.fingerprint()}" / f"{task.name}.json"
+
+    def _extractor_meta(self) -> dict:
+        sk = self.cfg.skills
+        meta = {"extractor": sk.extractor, "embedder": sk.embedder}
+        if sk.extractor == "keyword_llm":
+            meta.update(keyword_model=sk.keyword_model, samples=sk.samples, min_count=sk.min_count,
+                        max_chars=sk.max_chars)
+        else:
+            meta.update(vocabulary=sk.vocabulary, top_n=sk.top_n)
+        return meta
+
+    def profiles(self, task: Task, rebuild: bool = False) -> Profiles:
+        """Saved profiles when they match this pool and extractor, else build and save them."""
+        path = self.profiles_path(task)
+        if path.is_file() and not rebuild:
+            try:
+                prof = Profiles.load(path)
+                m = prof.meta
+                if m.get("pool_fingerprint") == self.fingerprint() and m.get("skills") == self._extractor_meta() \
+                        and m.get("aggregation_mode") == self.cfg.aggregation.mode:
+                    return prof
+                log.info("profiles at %s were built for another pool or extractor; rebuilding", path)
+            except DataError as exc:
+                log.warning("ignoring unreadable profiles (%s); rebuilding", exc)
+        prof = self.build_profiles(task)
+        prof.save(path)
+        return prof
+
+    def build_profiles(self, task: Task) -> Profiles:
+        questions = self.questions(task, "train")
+        names = self.expert_names
+        if self.progress:
+            print(f"profiling {len(names)} experts on {len(questions)} {task.name} validation questions")
+        skills = self.extractor().raw_skills(questions)
+
+        requests = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid, question=q.text) for q in questions]
+        plan = group_by_expert([names] * len(questions), requests)
+        sampling = SamplingSettings(self.cfg.generation.temperature, self.cfg.generation.max_tokens, seed=0)
+        texts: dict[tuple[int, int], str] = {}
+        bar = tqdm(plan.items(), total=len(plan), desc="profiling experts", unit="expert", disable=not self.progress)
+        for name, work in bar:
+            bar.set_postfix_str(name)
+            texts.update(self.executor.run({name: work}, sampling))
+        outputs = {e: [texts[(i, s)] for i in range(len(questions))] for s, e in enumerate(names)}
+        preds = {e: [task.extract(t) for t in outputs[e]] for e in names}
+        correct = {e: [task.is_correct(p, q.gold) for p, q in zip(preds[e], questions)] for e in names}
+        meta = {
+            "pool": names,
+            "pool_fingerprint": self.fingerprint(),
+            "config": str(self.cfg.source) if self.cfg.source else self.cfg.name,
+            "dataset": f"{task.name}/train",
+            "n_questions": len(questions),
+            "skills": self._extractor_meta(),
+            "aggregation_mode": self.cfg.aggregation.mode,
+            "skillmoe_version": __version__,
+        }
+        prof = build_profiles(task.name, names, [q.qid for q in questions], skills, preds, correct, meta)
+        prof.aggregator = self.choose_aggregator(task, questions, outputs, prof)
+        return prof
+
+    def choose_aggregator(self, task: Task, questions: Sequence[Question], outputs: dict[str, list[str]],
+                          prof: Profiles) -> dict:
+        agg = self.cfg.aggregation
+        if agg.mode != "llm":
+            return {"mode": agg.mode, "name": agg.mode,
+                    "why": "aggregation.mode is a vote: no aggregator model is benchmarked"}
+        if agg.aggregator:
+            return {"mode": "llm", "name": agg.aggregator, "why": "fixed by aggregation.aggregator"}
+        candidates = agg.candidates or prof.ranking()
+        tasks = build_aggregator_tasks([q.qid for q in questions], [q.text for q in questions],
+                                       [q.gold or "" for q in questions], outputs, prof.correct)
+        if not tasks:
+            raise DataError(f"{task.name}: no validation question has 1 right and 2 wrong answers; "
+                            "cannot benchmark aggregators")
+        requests = [GenerationRequest.user(aggregation_prompt(task, t.question, t.responses), key=t.qid,
+                                           role="aggregator", question=t.question) for t in tasks]
+        hits = {}
+        bar = tqdm(candidates, desc="benchmarking aggregators", unit="model", disable=not self.progress)
+        for name in bar:
+            out = self.executor.run({name: [(i, 0, r) for i, r in enumerate(requests)]},
+                                    SamplingSettings(0.7, agg.max_tokens, seed=0))
+            hits[name] = sum(task.is_correct(task.extract(out[(i, 0)]), t.gold) for i, t in enumerate(tasks)) / len(tasks)
+        choice = select_aggregator(hits, prof.ranking())
+        return {"mode": "llm", "name": choice, "hit_rates": hits, "n_tasks": len(tasks)}
+
+
+def resolve_task(name: str) -> Task:
+    return get_task(name)

@@ -1,0 +1,1 @@
+"""Skill extraction (keyword LLM or embedding tagger) and alignment to profile skills."""

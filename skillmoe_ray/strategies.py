@@ -1,0 +1,138 @@
+"""Routers and aggregators: thin objects over the pure functions in routing and aggregation.
+
+A method of ``skillmoe evaluate`` is a (router, aggregator) pair; the server
+uses the pair its config names. Each router takes the batch at once because
+the paper's usage floor is a batch-level rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .aggregation import aggregation_prompt, majority_vote, weighted_vote
+from .engines.base import GenerationRequest, SamplingSettings
+from .pipeline import ExpertAnswer, Executor
+from .profiles import Profiles
+from .routing import route_fixed, route_paper, route_random
+from .tasks import Question, Task
+
+
+class FixedRouter:
+    """The same experts for every question (single best, fixed top-k, all)."""
+
+    def __init__(self, name: str, experts: Sequence[str]):
+        self.name = name
+        self.experts = list(experts)
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
+        return route_fixed(self.experts, len(questions))
+
+
+class CascadeRouter(FixedRouter):
+    """Fixed experts asked in rank order; a question stops once its vote cannot change.
+
+    Gives exactly the fixed top-k vote's answers with fewer expert calls.
+    """
+
+    cascade = True
+
+
+class RandomRouter:
+    def __init__(self, experts: Sequence[str], k: int = 3, name: str | None = None):
+        self.experts = list(experts)
+        self.k = k
+        self.name = name or f"random{k}"
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
+        return route_random(self.experts, len(questions), self.k, seed)
+
+
+class PaperRouter:
+    """Symbolic-MoE recruitment (local score x global strength, k draws with replacement, usage floor)."""
+
+    name = "paper"
+
+    def __init__(self, profiles: Profiles, k: int = 3, temperature: float = 0.5, usage_floor: float = 0.05):
+        self.scores = profiles.scores
+        self.k = k
+        self.temperature = temperature
+        self.usage_floor = usage_floor
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
+        return route_paper(self.scores, skills, self.k, self.temperature, self.usage_floor, seed)
+
+
+class VoteAggregator:
+    """Majority vote; ties go to the answer of the better-ranked expert (validation accuracy)."""
+
+    name = "vote"
+
+    def __init__(self, ranking: Sequence[str]):
+        self.rank = {e: i for i, e in enumerate(ranking)}
+
+    def _rank(self, answers: Sequence[ExpertAnswer]) -> list[int]:
+        return [self.rank.get(a.expert, len(self.rank)) for a in answers]
+
+    def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
+                  executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
+        out = []
+        for ans in answers:
+            pred = majority_vote([a.pred for a in ans], self._rank(ans), task)
+            out.append((pred, _winning_response(ans, pred, task), self.name))
+        return out
+
+
+class WeightedVoteAggregator(VoteAggregator):
+    """Votes weighted by each expert's validation log-odds, log(acc / (1 - acc)) shifted to stay positive."""
+
+    name = "weighted_vote"
+
+    def __init__(self, profiles: Profiles):
+        super().__init__(profiles.ranking())
+        self.weights = log_odds_weights(profiles.accuracy)
+
+    def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
+                  executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
+        out = []
+        for ans in answers:
+            pred = weighted_vote([a.pred for a in ans], [self.weights.get(a.expert, 0.0) for a in ans],
+                                 self._rank(ans), task)
+            out.append((pred, _winning_response(ans, pred, task), self.name))
+        return out
+
+
+class LLMAggregator:
+    """An aggregator model reads the experts' chains of thought and answers (the paper's last step)."""
+
+    def __init__(self, model: str, max_tokens: int = 4096, fallback: VoteAggregator | None = None):
+        self.model = model
+        self.name = f"llm:{model}"
+        self.max_tokens = max_tokens
+        self.fallback = fallback
+
+    def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
+                  executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
+        requests = [
+            GenerationRequest.user(aggregation_prompt(task, q.text, [a.response for a in ans]), key=q.qid,
+                                   role="aggregator", question=q.text)
+            for q, ans in zip(questions, answers)
+        ]
+        plan = {self.model: [(i, 0, r) for i, r in enumerate(requests)]}
+        texts = executor.run(plan, SamplingSettings(temperature=0.7, max_tokens=self.max_tokens, seed=seed))
+        return [(task.extract(texts[(i, 0)]), texts[(i, 0)], self.model) for i in range(len(requests))]
+
+
+def log_odds_weights(accuracy: dict[str, float], eps: float = 0.02) -> dict[str, float]:
+    """log(p/(1-p)) per expert, shifted so the weakest expert still has a small positive vote."""
+    raw = {e: math.log(min(max(p, eps), 1 - eps) / (1 - min(max(p, eps), 1 - eps))) for e, p in accuracy.items()}
+    low = min(raw.values())
+    return {e: w - low + 0.1 for e, w in raw.items()}
+
+
+def _winning_response(answers: Sequence[ExpertAnswer], pred: str | None, task: Task) -> str:
+    """The chain of thought of the first expert that gave the winning answer."""
+    for a in answers:
+        if a.pred is not None and pred is not None and task.same_answer(a.pred, pred):
+            return a.response
+    return answers[0].response if answers else ""

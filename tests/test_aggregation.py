@@ -1,0 +1,69 @@
+import itertools
+import random
+
+import pytest
+
+from skillmoe_ray.aggregation import (
+    aggregation_prompt,
+    build_aggregator_tasks,
+    majority_vote,
+    select_aggregator,
+    vote_settled,
+    weighted_vote,
+)
+from skillmoe_ray.tasks import get_task
+
+
+def test_majority_vote_ties_go_to_the_better_ranked_expert():
+    assert majority_vote(["B", "A"], rank=[1, 0]) == "A"
+    assert majority_vote(["B", "A", "B"], rank=[2, 0, 1]) == "B"
+    assert majority_vote([None, None, "C"]) == "C"
+    assert majority_vote([None, None]) is None
+
+
+def test_weighted_vote_and_equivalent_boxed_answers_pool():
+    assert weighted_vote(["A", "B", "B"], [3.0, 1.0, 1.0]) == "A"
+    aime = get_task("AIME24")
+    assert weighted_vote(["0.5", r"\frac{1}{2}", "3"], [1, 1, 1.5], task=aime) == "0.5"
+    with pytest.raises(ValueError):
+        weighted_vote(["A"], [1, 2])
+
+
+def test_aggregation_prompt_lists_responses_first_and_cuts_thinking():
+    p = aggregation_prompt(get_task("GPQA"), "What is X?", ["<think>secret</think>R1", "R2"])
+    assert p.index("### Model 1's response:\nR1") < p.index("Question: What is X?")
+    assert "secret" not in p and "The answer is (X)" in p
+
+
+def test_synthetic_aggregator_tasks_have_one_right_and_two_wrong():
+    outputs = {"a": ["ra0", "ra1"], "b": ["rb0", "rb1"], "c": ["rc0", "rc1"], "d": ["rd0", "rd1"]}
+    correct = {"a": [True, True], "b": [False, True], "c": [False, True], "d": [False, False]}
+    tasks = build_aggregator_tasks(["q0", "q1"], ["Q0", "Q1"], ["A", "B"], outputs, correct, seed=0)
+    assert [t.qid for t in tasks] == ["q0"]  # q1 has only one wrong answer
+    t = tasks[0]
+    assert t.responses[t.correct_position] == "ra0"
+    assert sorted(t.responses) == ["ra0", "rb0", "rc0"] or sorted(t.responses) == sorted(["ra0", "rb0", "rd0"]) \
+        or sorted(t.responses) == sorted(["ra0", "rc0", "rd0"])
+    positions = {build_aggregator_tasks(["q0"], ["Q0"], ["A"], outputs, correct, seed=s)[0].correct_position
+                 for s in range(30)}
+    assert positions == {0, 1, 2}  # shuffled
+
+
+def test_select_aggregator_best_hit_rate_then_rank():
+    assert select_aggregator({"a": 0.4, "b": 0.6}) == "b"
+    assert select_aggregator({"a": 0.5, "b": 0.5}, ranking=["b", "a"]) == "b"
+
+
+def test_vote_settled_agrees_with_brute_force():
+    """Settled means no completion of the remaining (lower-ranked) votes changes the winner."""
+    letters = ["A", "B", "C", None]
+    rng = random.Random(0)
+    for _ in range(400):
+        k = rng.randint(1, 5)
+        t = rng.randint(1, k)
+        preds = [rng.choice(letters) for _ in range(t)]
+        remaining = k - t
+        base = majority_vote(preds, list(range(t)))
+        outcomes = {majority_vote(preds + list(rest), list(range(k)))
+                    for rest in itertools.product(letters + ["D"], repeat=remaining)}
+        assert vote_settled(preds, list(range(t)), remaining) == (outcomes == {base}), (preds, remaining)

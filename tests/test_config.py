@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from skillmoe_ray.config import load_config
+from skillmoe_ray.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "deployments").glob("*.yaml")))
+def test_shipped_deployments_validate(path):
+    cfg = load_config(path)
+    assert cfg.pool.experts or cfg.pool.recorded_dir
+
+
+def write(tmp_path, text):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_wrong_type_names_file_field_and_expectation(tmp_path):
+    p = write(tmp_path, "pool: {recorded_dir: builtin:mmlu_pro}\nrouting:\n  k: three\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "routing.k" in msg and "integer" in msg and "'three'" in msg
+
+
+def test_unknown_field_is_an_error_not_a_silent_default(tmp_path):
+    p = write(tmp_path, "pool: {recorded_dir: builtin:mmlu_pro}\nrouting:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError, match=r"routing.temprature: unknown field"):
+        load_config(p)
+
+
+def test_missing_pool_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="pool: required field is missing"):
+        load_config(write(tmp_path, "name: x\n"))
+    with pytest.raises(ConfigError, match=r"routing.k: .*greater than or equal to 1"):
+        load_config(write(tmp_path, "pool: {recorded_dir: x}\nrouting: {k: 0}\n"))
+    with pytest.raises(ConfigError, match=r"pool.experts.0.engine"):
+        load_config(write(tmp_path, "pool:\n  experts:\n    - {name: a, engine: tpu, model: m}\n"))
+    with pytest.raises(ConfigError, match="keyword_model"):
+        load_config(write(tmp_path, "pool: {recorded_dir: x}\nskills: {extractor: keyword_llm}\n"))
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "pool: [unclosed\n"))
+    with pytest.raises(ConfigError, match="mapping at the top level"):
+        load_config(write(tmp_path, "- a\n- b\n"))

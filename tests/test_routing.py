@@ -1,0 +1,98 @@
+"""The paper's recruitment, checked against its formulas on hand-made profiles."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from skillmoe_ray.routing import (
+    apply_usage_floor,
+    global_strength,
+    local_scores,
+    recruit_paper,
+    recruitment_weights,
+    route_paper,
+    route_random,
+)
+
+PROFILES = {
+    "A": {"algebra": 3, "biology": -2},  # total 1
+    "B": {"algebra": -1, "biology": 4, "law": 2},  # total 5
+    "C": {"algebra": -4, "law": -1},  # total -5
+}
+
+
+def test_global_strength_shifts_negative_totals_and_applies_temperature():
+    g = global_strength(PROFILES, temperature=0.5)
+    # totals 1, 5, -5 -> shifted by -min+1: 7, 11, 1 -> squared: 49, 121, 1
+    assert g == pytest.approx({"A": 49 / 171, "B": 121 / 171, "C": 1 / 171})
+
+
+def test_global_strength_without_negative_totals_is_not_shifted():
+    g = global_strength({"A": {"x": 1}, "B": {"x": 3}}, temperature=0.5)
+    assert g == pytest.approx({"A": 1 / 10, "B": 9 / 10})
+    assert global_strength({"A": {"x": 2}, "B": {"x": 2}}, temperature=1.0) == pytest.approx({"A": 0.5, "B": 0.5})
+
+
+def test_local_scores_sum_over_question_skills():
+    assert local_scores(PROFILES, ["algebra", "law"]) == {"A": 3.0, "B": 1.0, "C": -5.0}
+    assert local_scores(PROFILES, ["biology"]) == {"A": -2.0, "B": 4.0}  # C has no score for biology
+    assert local_scores(PROFILES, ["unknown"]) == {}
+
+
+def test_weights_keep_only_positive_local_scores():
+    g = global_strength(PROFILES)
+    w = recruitment_weights(local_scores(PROFILES, ["algebra", "law"]), g)
+    a, b = 3 * g["A"], 1 * g["B"]
+    assert w == pytest.approx({"A": a / (a + b), "B": b / (a + b)})
+
+
+def test_weights_shift_all_when_none_is_positive():
+    g = global_strength(PROFILES)
+    local = {"A": -2.0, "B": -1.0, "C": -5.0}
+    w = recruitment_weights(local, g)
+    raw = {"A": 4 * g["A"], "B": 5 * g["B"], "C": 1 * g["C"]}  # s - min + 1
+    total = sum(raw.values())
+    assert w == pytest.approx({n: v / total for n, v in raw.items()})
+
+
+def test_draws_follow_the_weights_with_replacement():
+    g = global_strength(PROFILES)
+    rng = random.Random(0)
+    draws = Counter()
+    for _ in range(6000):
+        picks = recruit_paper(PROFILES, ["algebra", "law"], g, 3, rng)
+        assert len(picks) == 3
+        draws.update(picks)
+    w = recruitment_weights(local_scores(PROFILES, ["algebra", "law"]), g)
+    assert set(draws) == {"A", "B"}
+    assert draws["A"] / 18000 == pytest.approx(w["A"], abs=0.015)
+    # with replacement: some questions get the same expert twice
+    rng = random.Random(1)
+    assert any(len(set(recruit_paper(PROFILES, ["algebra"], g, 3, rng))) < 3 for _ in range(50))
+
+
+def test_unknown_skills_fall_back_to_uniform_random():
+    g = global_strength(PROFILES)
+    picks = Counter(e for s in range(300) for e in recruit_paper(PROFILES, ["nothing"], g, 3, random.Random(s)))
+    assert set(picks) == {"A", "B", "C"}
+
+
+def test_route_paper_is_seedable():
+    skills = [["algebra", "law"], ["biology", "algebra"]] * 20  # two positive experts each
+    assert route_paper(PROFILES, skills, seed=3) == route_paper(PROFILES, skills, seed=3)
+    assert route_paper(PROFILES, skills, seed=3) != route_paper(PROFILES, skills, seed=4)
+
+
+def test_usage_floor_replaces_rare_experts_by_frequent_ones():
+    selections = [["A", "A", "B"]] * 30 + [["C", "A", "B"]]  # C: 1 of 93 draws, about 1%
+    out = apply_usage_floor(selections, 0.05, random.Random(0))
+    assert all("C" not in sel for sel in out)
+    assert out[:30] == [list(s) for s in selections[:30]]
+    assert apply_usage_floor(selections, 0.0, random.Random(0)) == [list(s) for s in selections]
+
+
+def test_random_router_draws_distinct_experts():
+    sel = route_random(["A", "B", "C", "D"], 50, 3, seed=0)
+    assert all(len(set(s)) == 3 for s in sel)
+    assert sel == route_random(["A", "B", "C", "D"], 50, 3, seed=0)
