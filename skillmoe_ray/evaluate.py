@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .pipeline import Aggregator, Pipeline, Router
 from .profiles import Profiles
 from .runtime import Runtime
-from .strategies import CascadeRouter, FixedRouter, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator
+from .strategies import CalibratedRouter, CascadeRouter, DeterministicPaperRouter, FixedRouter, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator
 from .tasks import Question, Task
 
 
@@ -53,7 +53,12 @@ def own_methods(rt: Runtime, prof: Profiles) -> list[Method]:
     ranking = prof.ranking()
     vote = VoteAggregator(ranking)
     k = min(5, len(ranking))
-    return [Method(f"cascade_top{k}_vote", CascadeRouter(f"cascade_top{k}", ranking[:k]), vote)]
+    cfg = rt.cfg.routing
+    return [
+        Method(f"cascade_top{k}_vote", CascadeRouter(f"cascade_top{k}", ranking[:k]), vote),
+        Method(f"skillmoe_top{cfg.k}_vote", DeterministicPaperRouter(prof, cfg.k, cfg.temperature), vote),
+        Method(f"calibrated_top{k}_vote", CalibratedRouter(prof, k), vote),
+    ]
 
 
 def run_method(method: Method, pipeline_for: Callable[[Method], Pipeline], questions: Sequence[Question],

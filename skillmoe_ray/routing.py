@@ -130,3 +130,70 @@ def route_random(experts: Sequence[str], n_questions: int, k: int, seed: int = 0
     rng = random.Random(seed)
     k = min(k, len(experts))
     return [rng.sample(list(experts), k) for _ in range(n_questions)]
+
+
+def route_top_by_weight(
+    scores: Scores,
+    question_skills: Sequence[Sequence[str]],
+    ranking: Sequence[str],
+    k: int = 3,
+    temperature: float = 0.5,
+) -> list[list[str]]:
+    """Deterministic paper routing: the k distinct experts with the largest S * gamma.
+
+    Experts the weights leave out (S <= 0 while others are positive) fill the
+    remaining places in validation-rank order. Removes the sampling noise of
+    drawing with replacement, which spends calls on repeats.
+    """
+    strength = global_strength(scores, temperature)
+    order = {e: i for i, e in enumerate(ranking)}
+    out = []
+    for skills in question_skills:
+        w = recruitment_weights(local_scores(scores, skills), strength)
+        chosen = sorted(w, key=lambda e: (-w[e], order.get(e, len(order))))[:k]
+        chosen += [e for e in ranking if e not in chosen][: k - len(chosen)]
+        out.append(chosen)
+    return out
+
+
+def skill_accuracy(
+    question_skills: Sequence[Sequence[str]],
+    correct: Mapping[str, Sequence[bool]],
+    prior_strength: float = 20.0,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per expert and skill: (right, seen) counts on the validation split, for shrunk accuracy estimates."""
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for expert, oks in correct.items():
+        per: dict[str, list[float]] = {}
+        for skills, ok in zip(question_skills, oks):
+            for s in dict.fromkeys(skills):
+                c = per.setdefault(s, [0.0, 0.0])
+                c[0] += 1.0 if ok else 0.0
+                c[1] += 1.0
+        out[expert] = {s: (r, n) for s, (r, n) in per.items()}
+    return out
+
+
+def route_calibrated(
+    counts: Mapping[str, Mapping[str, tuple[float, float]]],
+    accuracy: Mapping[str, float],
+    question_skills: Sequence[Sequence[str]],
+    ranking: Sequence[str],
+    k: int = 5,
+    prior_strength: float = 20.0,
+) -> list[list[str]]:
+    """Top-k experts by per-skill accuracy shrunk toward their overall accuracy (a beta prior).
+
+    estimate(M, q) = (right on q's skills + m * acc_M) / (seen on q's skills + m),
+    m = ``prior_strength``; experts are returned best first, ties by validation rank.
+    """
+    order = {e: i for i, e in enumerate(ranking)}
+    out = []
+    for skills in question_skills:
+        est = {}
+        for e in ranking:
+            right = sum(counts[e].get(s, (0.0, 0.0))[0] for s in dict.fromkeys(skills))
+            seen = sum(counts[e].get(s, (0.0, 0.0))[1] for s in dict.fromkeys(skills))
+            est[e] = (right + prior_strength * accuracy[e]) / (seen + prior_strength)
+        out.append(sorted(ranking, key=lambda e: (-est[e], order[e]))[:k])
+    return out

@@ -14,7 +14,7 @@ from .aggregation import aggregation_prompt, majority_vote, weighted_vote
 from .engines.base import GenerationRequest, SamplingSettings
 from .pipeline import ExpertAnswer, Executor
 from .profiles import Profiles
-from .routing import route_fixed, route_paper, route_random
+from .routing import route_calibrated, route_fixed, route_paper, route_random, route_top_by_weight, skill_accuracy
 from .tasks import Question, Task
 
 
@@ -61,6 +61,35 @@ class PaperRouter:
 
     def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
         return route_paper(self.scores, skills, self.k, self.temperature, self.usage_floor, seed)
+
+
+class DeterministicPaperRouter:
+    """The paper's weights S * gamma, but the top k distinct experts instead of k random draws."""
+
+    def __init__(self, profiles: Profiles, k: int = 3, temperature: float = 0.5):
+        self.name = f"skillmoe_top{k}"
+        self.scores = profiles.scores
+        self.ranking = profiles.ranking()
+        self.k = k
+        self.temperature = temperature
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
+        return route_top_by_weight(self.scores, skills, self.ranking, self.k, self.temperature)
+
+
+class CalibratedRouter:
+    """Top-k experts by shrunk per-skill validation accuracy; votes are then ranked by the same estimate."""
+
+    def __init__(self, profiles: Profiles, k: int = 5, prior_strength: float = 20.0):
+        self.name = f"calibrated_top{k}"
+        self.counts = skill_accuracy(profiles.question_skills, profiles.correct)
+        self.accuracy = profiles.accuracy
+        self.ranking = profiles.ranking()
+        self.k = k
+        self.prior_strength = prior_strength
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
+        return route_calibrated(self.counts, self.accuracy, skills, self.ranking, self.k, self.prior_strength)
 
 
 class VoteAggregator:

@@ -96,3 +96,29 @@ def test_random_router_draws_distinct_experts():
     sel = route_random(["A", "B", "C", "D"], 50, 3, seed=0)
     assert all(len(set(s)) == 3 for s in sel)
     assert sel == route_random(["A", "B", "C", "D"], 50, 3, seed=0)
+
+
+def test_deterministic_paper_routing_takes_top_weights_then_fills_by_rank():
+    from skillmoe_ray.routing import route_top_by_weight
+
+    ranking = ["B", "A", "C"]
+    # algebra+law: A (3) and B (1) positive; weights favour A; C fills the last place
+    out = route_top_by_weight(PROFILES, [["algebra", "law"]], ranking, k=3)
+    g = global_strength(PROFILES)
+    first = "A" if 3 * g["A"] > 1 * g["B"] else "B"
+    assert out[0][0] == first and sorted(out[0]) == ["A", "B", "C"]
+    assert route_top_by_weight(PROFILES, [["nothing"]], ranking, k=2) == [["B", "A"]]
+
+
+def test_calibrated_routing_shrinks_per_skill_accuracy_toward_overall():
+    from skillmoe_ray.routing import route_calibrated, skill_accuracy
+
+    skills = [["law"]] * 4 + [["math"]] * 4
+    correct = {"X": [True] * 4 + [False] * 4, "Y": [False] * 4 + [True] * 4, "Z": [True, False] * 4}
+    counts = skill_accuracy(skills, correct)
+    assert counts["X"]["law"] == (4.0, 4.0) and counts["Y"]["law"] == (0.0, 4.0)
+    acc = {"X": 0.5, "Y": 0.5, "Z": 0.5}
+    assert route_calibrated(counts, acc, [["law"], ["math"]], ["Z", "X", "Y"], k=1, prior_strength=4) == [["X"], ["Y"]]
+    # a huge prior washes the skill evidence out: overall accuracy decides
+    overall = {"X": 0.4, "Y": 0.4, "Z": 0.6}
+    assert route_calibrated(counts, overall, [["law"]], ["Z", "X", "Y"], k=1, prior_strength=1e6) == [["Z"]]
