@@ -38,11 +38,17 @@ $(STAMP): pyproject.toml
 		|| { echo "install failed"; exit 1; }
 	@touch $@
 
-# The main job. Until the server lands: the offline evaluation of the recorded pool.
-run: setup
-	$(VENV)/bin/skillmoe evaluate --config $(CONFIG) --task $(TASK) --seeds $(SEEDS) --out results.json
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-evaluate: run
+# The main job: serve the deployment on a private local Ray cluster (no GPU needed
+# for the recorded pool) until Ctrl-C.
+run: setup
+	$(VENV)/bin/skillmoe serve --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+# Every routing method on the test split, as a table and results.json.
+evaluate: setup
+	$(VENV)/bin/skillmoe evaluate --config $(CONFIG) --task $(TASK) --seeds $(SEEDS) --out results.json
 
 test: setup
 	$(VENV)/bin/python -m pytest -q

@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, help="write the results as JSON here")
     sp.add_argument("--methods", type=_methods, help="only these methods (comma-separated)")
     sp.add_argument("--rebuild-profiles", action="store_true")
+
+    sp = sub.add_parser("serve", help="serve the deployment over HTTP on Ray Serve until stopped")
+    sp.add_argument("--config", required=True, help="deployment YAML")
+    sp.add_argument("--host", help="bind address (default: the config's serving.host, 127.0.0.1)")
+    sp.add_argument("--port", type=int, help="port (default: the config's serving.port, 8000)")
+    sp.add_argument("--address", help="join this Ray cluster instead of starting a private local one")
+    sp.add_argument("--recorded-dir", help="use the <model>.jsonl.gz recordings in DIR as the pool")
     return p
 
 
@@ -75,6 +82,12 @@ def _run(args: argparse.Namespace) -> int:
     from .tasks import get_task
 
     cfg = load_config(args.config)
+    if args.command == "serve":
+        from .serving.local import serve_forever
+
+        serve_forever(args.config, cfg, args.host or cfg.serving.host, args.port or cfg.serving.port, args.address,
+                      args.recorded_dir)
+        return 0
     task = get_task(args.task)
     rt = Runtime.from_config(cfg, recorded_dir=args.recorded_dir, progress=not args.quiet)
 

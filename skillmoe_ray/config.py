@@ -75,7 +75,10 @@ class SkillsConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    strategy: str = "paper"
+    #: paper: the reference's recruitment; top_weight: its weights, top-k without sampling;
+    #: calibrated: shrunk per-skill accuracy; cascade: top-k by validation rank, asked
+    #: in order until the vote is settled; fixed: the top-k by validation rank
+    strategy: Literal["paper", "top_weight", "calibrated", "cascade", "fixed"] = "paper"
     k: int = Field(default=3, ge=1)
     #: temperature of the global strength gamma (paper: 0.5)
     temperature: float = Field(default=0.5, gt=0)
@@ -98,8 +101,17 @@ class AggregationConfig(_Strict):
 class ServingConfig(_Strict):
     workers: int = Field(default=1, ge=1)
     gpus_per_worker: float = Field(default=0, ge=0)
+    cpus_per_worker: float = Field(default=1, ge=0)
+    #: swappable models a worker keeps loaded at once (its device budget, in models)
+    models_per_worker: int = Field(default=1, ge=1)
+    aggregator_gpus: float = Field(default=0, ge=0)
     batch_window_s: float = Field(default=0.05, ge=0)
     max_batch_size: int = Field(default=64, ge=1)
+    #: batches in flight at once: the next batch's experts run while this one aggregates
+    max_concurrent_batches: int = Field(default=2, ge=1)
+    #: tasks whose profiles are loaded at start; the first is the default for requests without one
+    tasks: list[str] = Field(default_factory=lambda: ["MMLU_Pro"], min_length=1)
+    max_question_chars: int = Field(default=20_000, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

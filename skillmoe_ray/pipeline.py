@@ -102,6 +102,26 @@ class LocalExecutor:
         return out
 
 
+class ExecutorEngine(Engine):
+    """An engine that lives wherever the executor keeps its models.
+
+    Lets model work outside expert answering (the keyword LLM) run on the
+    worker pool like any other model work, in-process or on Ray actors.
+    """
+
+    def __init__(self, executor: Executor, name: str):
+        super().__init__(name)
+        self.executor = executor
+        self._loaded = True
+
+    def load(self) -> None:
+        self._loaded = True
+
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
+        texts = self.executor.run({self.name: [(i, 0, r) for i, r in enumerate(requests)]}, sampling)
+        return [texts[(i, 0)] for i in range(len(requests))]
+
+
 class Router(Protocol):
     """Chooses each question's experts for a whole batch.
 

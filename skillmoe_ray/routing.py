@@ -87,23 +87,34 @@ def recruit_paper(
     return rng.choices(names, weights=[weights[n] for n in names], k=k)
 
 
-def apply_usage_floor(selections: Sequence[Sequence[str]], floor: float, rng: random.Random) -> list[list[str]]:
+def apply_usage_floor(
+    selections: Sequence[Sequence[str]],
+    floor: float,
+    rng: random.Random,
+    usage: Mapping[str, int] | None = None,
+) -> list[list[str]]:
     """Replace experts used for less than ``floor`` of all draws by frequent ones.
 
-    Each rare draw is replaced independently by an expert at or above the
-    floor, chosen in proportion to how often it was drawn. Fewer distinct
-    experts per batch means fewer model loads.
+    ``usage`` counts draws per expert; by default those of ``selections``
+    themselves (the reference applies the rule to the whole test set). Each
+    rare draw is replaced independently by an expert at or above the floor,
+    chosen in proportion to its use. Fewer distinct experts means fewer loads.
     """
-    counts = Counter(e for sel in selections for e in sel)
+    counts = Counter(usage) if usage is not None else Counter(e for sel in selections for e in sel)
     total = sum(counts.values())
     if floor <= 0 or total == 0:
         return [list(s) for s in selections]
     frequent = {e: c for e, c in counts.items() if c / total >= floor}
     if not frequent:
         return [list(s) for s in selections]
-    names = list(frequent)
+    names = sorted(frequent)
     weights = [frequent[n] for n in names]
     return [[e if e in frequent else rng.choices(names, weights=weights, k=1)[0] for e in sel] for sel in selections]
+
+
+def question_rng(seed: int, key: str) -> random.Random:
+    """A question's own random stream: its draws do not depend on which batch it arrived in."""
+    return random.Random(f"{seed}\0{key}")
 
 
 def route_paper(
@@ -113,12 +124,28 @@ def route_paper(
     temperature: float = 0.5,
     usage_floor: float = 0.05,
     seed: int = 0,
+    keys: Sequence[str] | None = None,
+    usage: Mapping[str, int] | None = None,
 ) -> list[list[str]]:
-    """The paper's recruitment for a whole batch (seedable)."""
-    rng = random.Random(seed)
+    """The paper's recruitment for a batch (seedable).
+
+    Without ``keys`` it follows the reference literally: one random stream for
+    the batch and the usage floor over the batch's own draws. With ``keys``
+    (one per question, e.g. its text) every question draws from its own
+    stream and the floor uses the given ``usage`` counts, so a question gets
+    the same experts offline and online, whatever batch it is in.
+    """
     strength = global_strength(scores, temperature)
-    picks = [recruit_paper(scores, skills, strength, k, rng) for skills in question_skills]
-    return apply_usage_floor(picks, usage_floor, rng)
+    if keys is None:
+        rng = random.Random(seed)
+        picks = [recruit_paper(scores, skills, strength, k, rng) for skills in question_skills]
+        return apply_usage_floor(picks, usage_floor, rng, usage)
+    out = []
+    for skills, key in zip(question_skills, keys):
+        rng = question_rng(seed, key)
+        picks = recruit_paper(scores, skills, strength, k, rng)
+        out.append(apply_usage_floor([picks], usage_floor, rng, usage)[0] if usage is not None else picks)
+    return out
 
 
 def route_fixed(experts: Sequence[str], n_questions: int) -> list[list[str]]:

@@ -19,7 +19,7 @@ from .config import Config, ExpertConfig
 from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .engines.registry import create_engine
 from .errors import ConfigError, DataError
-from .pipeline import LocalExecutor, SkillStage, group_by_expert
+from .pipeline import Executor, ExecutorEngine, LocalExecutor, SkillStage, group_by_expert
 from .aggregation import expert_prompt
 from .pool import pool_experts, pool_fingerprint
 from .profiles import Profiles, build_profiles
@@ -35,7 +35,7 @@ class Runtime:
     cfg: Config
     experts: list[ExpertConfig]
     engines: dict[str, Engine]
-    executor: LocalExecutor
+    executor: Executor
     progress: bool = True
 
     @classmethod
@@ -69,7 +69,7 @@ class Runtime:
 
     def _keyword_engine(self, name: str) -> Engine:
         if name in self.engines:
-            return self.engines[name]
+            return ExecutorEngine(self.executor, name)
         src = f"{self.cfg.source}: " if self.cfg.source else ""
         raise ConfigError(f"{src}skills.keyword_model: {name!r} is not an expert of the pool "
                           f"(have: {', '.join(self.engines)})")

@@ -8,7 +8,8 @@ the paper's usage floor is a batch-level rule.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections import Counter
+from typing import TYPE_CHECKING, Sequence
 
 from .aggregation import aggregation_prompt, majority_vote, weighted_vote
 from .engines.base import GenerationRequest, SamplingSettings
@@ -16,6 +17,10 @@ from .pipeline import ExpertAnswer, Executor
 from .profiles import Profiles
 from .routing import route_calibrated, route_fixed, route_paper, route_random, route_top_by_weight, skill_accuracy
 from .tasks import Question, Task
+
+if TYPE_CHECKING:
+    from .config import AggregationConfig, RoutingConfig
+    from .pipeline import Router
 
 
 class FixedRouter:
@@ -49,7 +54,15 @@ class RandomRouter:
 
 
 class PaperRouter:
-    """Symbolic-MoE recruitment (local score x global strength, k draws with replacement, usage floor)."""
+    """Symbolic-MoE recruitment (local score x global strength, k draws with replacement, usage floor).
+
+    Each question draws from its own random stream (seed, question text) and
+    the usage floor counts the recruitments of the *validation* questions,
+    since a server never sees the whole test set. That makes a question's
+    experts independent of its batch: ``skillmoe evaluate`` and the server give
+    it the same experts. (The reference applies the floor to the test set's
+    own draws; :func:`routing.route_paper` without keys does exactly that.)
+    """
 
     name = "paper"
 
@@ -58,9 +71,21 @@ class PaperRouter:
         self.k = k
         self.temperature = temperature
         self.usage_floor = usage_floor
+        self._validation_skills = profiles.question_skills
+        self._usage: dict[int, Counter] = {}
+
+    def usage(self, seed: int) -> Counter:
+        """How often the validation questions recruit each expert (the usage floor's statistics)."""
+        if seed not in self._usage:
+            picks = route_paper(self.scores, self._validation_skills, self.k, self.temperature, 0.0, seed,
+                                keys=[str(i) for i in range(len(self._validation_skills))])
+            self._usage[seed] = Counter(e for sel in picks for e in sel)
+        return self._usage[seed]
 
     def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
-        return route_paper(self.scores, skills, self.k, self.temperature, self.usage_floor, seed)
+        usage = self.usage(seed) if self.usage_floor > 0 else None
+        return route_paper(self.scores, skills, self.k, self.temperature, self.usage_floor, seed,
+                           keys=[q.text for q in questions], usage=usage)
 
 
 class DeterministicPaperRouter:
@@ -121,6 +146,13 @@ class WeightedVoteAggregator(VoteAggregator):
         super().__init__(profiles.ranking())
         self.weights = log_odds_weights(profiles.accuracy)
 
+    @classmethod
+    def from_weights(cls, ranking: Sequence[str], weights: dict[str, float]) -> "WeightedVoteAggregator":
+        agg = cls.__new__(cls)
+        VoteAggregator.__init__(agg, ranking)
+        agg.weights = dict(weights)
+        return agg
+
     def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                   executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
         out = []
@@ -165,3 +197,27 @@ def _winning_response(answers: Sequence[ExpertAnswer], pred: str | None, task: T
         if a.pred is not None and pred is not None and task.same_answer(a.pred, pred):
             return a.response
     return answers[0].response if answers else ""
+
+
+def make_router(routing: "RoutingConfig", profiles: Profiles) -> "Router":
+    """The router a deployment's ``routing.strategy`` names."""
+    ranking = profiles.ranking()
+    k = min(routing.k, len(ranking)) if routing.strategy in ("cascade", "fixed") else routing.k
+    if routing.strategy == "paper":
+        return PaperRouter(profiles, routing.k, routing.temperature, routing.usage_floor)
+    if routing.strategy == "top_weight":
+        return DeterministicPaperRouter(profiles, routing.k, routing.temperature)
+    if routing.strategy == "calibrated":
+        return CalibratedRouter(profiles, routing.k)
+    if routing.strategy == "cascade":
+        return CascadeRouter(f"cascade_top{k}", ranking[:k])
+    return FixedRouter(f"fixed_top{k}", ranking[:k])
+
+
+def make_aggregator(aggregation: "AggregationConfig", profiles: Profiles):
+    if aggregation.mode == "llm":
+        name = aggregation.aggregator or profiles.aggregator.get("name")
+        return LLMAggregator(name, aggregation.max_tokens)
+    if aggregation.mode == "weighted_vote":
+        return WeightedVoteAggregator(profiles)
+    return VoteAggregator(profiles.ranking())

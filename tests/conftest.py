@@ -41,3 +41,43 @@ def mmlu_profiles(recorded_runtime):
     from skillmoe_ray.tasks import get_task
 
     return recorded_runtime.profiles(get_task("MMLU_Pro"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One private local Ray cluster per test session, with logical GPUs for placement tests."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served_recorded(ray_cluster, state_dir):
+    """The recorded-pool deployment served on loopback; yields its base URL."""
+    from ray import serve
+
+    from skillmoe_ray.serving.app import SkillMoEIngress
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(SkillMoEIngress.bind(str(RECORDED_CONFIG), None, str(state_dir)), name="skillmoe", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.delete("skillmoe")

@@ -8,10 +8,28 @@ from skillmoe_ray.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "deployments").glob("*.yaml")))
+DEPLOYMENTS = sorted(p for p in (ROOT / "deployments").glob("*.yaml") if not p.name.startswith("serve-"))
+SERVE_CONFIGS = sorted((ROOT / "deployments").glob("serve-*.yaml"))
+
+
+@pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.name)
 def test_shipped_deployments_validate(path):
     cfg = load_config(path)
     assert cfg.pool.experts or cfg.pool.recorded_dir
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_serve_config_files_name_valid_deployments(path):
+    """Ray Serve config files: the schema Ray itself checks, and the deployment file they point to."""
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load(path.read_text())
+    schema = ServeDeploySchema.model_validate(data) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(data)
+    for app in schema.applications:
+        assert app.import_path == "skillmoe_ray.serving.app:build_app"
+        load_config(ROOT / app.args["config"])
 
 
 def write(tmp_path, text):

@@ -122,3 +122,14 @@ def test_calibrated_routing_shrinks_per_skill_accuracy_toward_overall():
     # a huge prior washes the skill evidence out: overall accuracy decides
     overall = {"X": 0.4, "Y": 0.4, "Z": 0.6}
     assert route_calibrated(counts, overall, [["law"]], ["Z", "X", "Y"], k=1, prior_strength=1e6) == [["Z"]]
+
+
+def test_keyed_paper_routing_is_independent_of_the_batch():
+    skills = [["algebra", "law"], ["biology", "algebra"], ["law"], ["algebra"]] * 5
+    keys = [f"q{i}" for i in range(len(skills))]
+    usage = {"A": 50, "B": 48, "C": 2}  # C is under the 5% floor
+    whole = route_paper(PROFILES, skills, seed=1, keys=keys, usage=usage)
+    parts = [route_paper(PROFILES, skills[i : i + 3], seed=1, keys=keys[i : i + 3], usage=usage)
+             for i in range(0, len(skills), 3)]
+    assert whole == [sel for part in parts for sel in part]
+    assert all("C" not in sel for sel in whole)

@@ -116,7 +116,8 @@ class RecordedEngine(Engine):
     def _locate(self, req: GenerationRequest) -> tuple[str, int]:
         if req.key:
             parts = req.key.split("/")
-            if len(parts) == 3 and (self.task is None or parts[0] == self.task.name) and parts[2].isdigit():
+            if (len(parts) == 3 and (self.task is None or parts[0] == self.task.name) and parts[1] in ("train", "test")
+                    and parts[2].isdigit()):
                 return parts[1], int(parts[2])
         if req.question is not None:
             hit = self._text_index().get(req.question.strip())

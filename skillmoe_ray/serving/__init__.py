@@ -1,0 +1,1 @@
+"""Ray Serve system: ingress, expert worker actors, aggregator actor, HTTP API."""

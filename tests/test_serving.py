@@ -1,0 +1,115 @@
+"""The served system on a real private Ray cluster, with the real recorded pool."""
+
+import json
+import random
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from skillmoe_ray.pipeline import Pipeline
+from skillmoe_ray.planner import CostModel
+from skillmoe_ray.strategies import VoteAggregator, make_router
+from skillmoe_ray.tasks import Question, get_task
+
+
+def post(url, body, headers=None, raw=False):
+    data = body if raw else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return r.status, json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_64_concurrent_requests_match_offline_evaluation(served_recorded, recorded_runtime, mmlu_profiles,
+                                                         recorded_cfg):
+    task = get_task("MMLU_Pro")
+    test_qs = recorded_runtime.questions(task, "test")
+    sample = random.Random(7).sample(test_qs, 64)
+    with ThreadPoolExecutor(64) as pool:
+        replies = list(pool.map(lambda q: post(f"{served_recorded}/v1/solve", {"question": q.text, "task": "MMLU_Pro"}),
+                                sample))
+    assert [s for s, _ in replies] == [200] * 64
+    for _, r in replies:
+        assert set(r["timings"]) >= {"skills", "route", "experts", "aggregate", "total", "request"}
+        assert r["experts"] and r["skills"] and r["aggregator"] == "vote"
+    served_acc = sum(task.is_correct(r["answer"], q.gold) for q, (_, r) in zip(sample, replies)) / 64
+
+    # the same questions through the offline pipeline, as `skillmoe evaluate` runs it
+    offline_qs = [Question("MMLU_Pro", "request", i, q.text) for i, q in enumerate(sample)]
+    pipe = Pipeline(task, recorded_runtime.skill_stage(mmlu_profiles), make_router(recorded_cfg.routing, mmlu_profiles),
+                    VoteAggregator(mmlu_profiles.ranking()), recorded_runtime.executor)
+    offline = pipe.solve(offline_qs, seed=recorded_cfg.routing.seed)
+    assert [r["answer"] for _, r in replies] == [s.answer for s in offline]
+    assert [r["experts"] for _, r in replies] == [s.experts for s in offline]
+    assert served_acc == sum(task.is_correct(s.answer, q.gold) for s, q in zip(offline, sample)) / 64
+    # micro-batching actually batched the burst
+    assert max(r["timings"]["batch_size"] for _, r in replies) > 1
+
+
+@pytest.mark.slow
+def test_openai_chat_endpoint_pool_and_health(served_recorded, recorded_runtime):
+    q = recorded_runtime.questions(get_task("MMLU_Pro"), "test")[3]
+    status, r = post(f"{served_recorded}/v1/chat/completions",
+                     {"model": "skillmoe", "messages": [{"role": "user", "content": q.text}], "temperature": 0})
+    assert status == 200 and r["object"] == "chat.completion"
+    assert r["choices"][0]["message"]["role"] == "assistant" and r["choices"][0]["message"]["content"]
+    assert r["skillmoe"]["task"] == "MMLU_Pro"
+    status, pool = get(f"{served_recorded}/v1/pool")
+    assert status == 200 and len(pool["experts"]) == 8 and pool["served"] >= 1
+    assert all(set(e) >= {"name", "resident_on_workers", "usage"} for e in pool["experts"])
+    assert get(f"{served_recorded}/healthz") == (200, {"status": "ok"})
+
+
+@pytest.mark.slow
+def test_bad_requests_get_4xx_and_do_not_hurt_others(served_recorded, recorded_runtime):
+    good = recorded_runtime.questions(get_task("MMLU_Pro"), "test")[11].text
+    bodies = [{"question": "  "}, {"question": 5}, {"question": good, "task": "NOPE"}, {"question": good, "task": "GPQA"},
+              {"question": "What is the airspeed of an unladen swallow?"}, {"question": good}]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(lambda b: post(f"{served_recorded}/v1/solve", b), bodies))
+    statuses = [s for s, _ in replies]
+    assert statuses == [422, 422, 400, 400, 422, 200]
+    for s, r in replies[:-1]:
+        assert r["error"]["message"] and "Traceback" not in r["error"]["message"]
+    assert "no recording" in replies[4][1]["error"]["message"]
+    assert post(f"{served_recorded}/v1/solve", b"{not json", raw=True)[0] == 422
+
+
+def test_workers_own_their_logical_gpus_and_follow_the_plan(ray_cluster, recorded_runtime):
+    import ray
+
+    from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+    from skillmoe_ray.pipeline import group_by_expert
+    from skillmoe_ray.serving.executor import RayExecutor, start_workers
+
+    workers, pg = start_workers(recorded_runtime.experts, 2, gpus_per_worker=1, cpus_per_worker=0.5)
+    try:
+        infos = ray.get([w.info.remote() for w in workers])
+        assert sorted(i["cuda_visible_devices"] for i in infos) == ["0", "1"]
+        # a plan where loads are expensive: the planner splits experts across both workers
+        ex = RayExecutor(workers, CostModel(default_load_s=5.0, default_per_prompt_s=0.1))
+        names = recorded_runtime.expert_names[:4]
+        qs = recorded_runtime.questions(get_task("MMLU_Pro"), "test")[:6]
+        reqs = [GenerationRequest.user("p", key=q.qid) for q in qs]
+        texts = ex.run(group_by_expert([names] * len(qs), reqs), SamplingSettings())
+        assert len(texts) == 24 and all(isinstance(t, str) for t in texts.values())
+        planned = ex.last_assignment.jobs
+        assert all(len(v) == 2 for v in planned.values())
+        ran = {s["wid"]: [j["expert"] for j in s["jobs"]] for s in ex.last_stats}
+        assert ran == {w: e for w, e in planned.items() if e}
+        infos = ray.get([w.info.remote() for w in workers])
+        assert {i["wid"]: set(i["usage"]) for i in infos} == {w: set(e) for w, e in planned.items()}
+    finally:
+        for w in workers:
+            ray.kill(w)
+        ray.util.remove_placement_group(pg)
