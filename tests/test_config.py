@@ -70,3 +70,17 @@ def test_unreadable_files(tmp_path):
         load_config(write(tmp_path, "pool: [unclosed\n"))
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_cluster_yaml_matches_rays_cluster_schema():
+    import json
+    import os
+
+    import jsonschema
+    import ray
+    import yaml
+
+    schema = json.loads(Path(os.path.dirname(ray.__file__), "autoscaler", "ray-schema.json").read_text())
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    jsonschema.validate(cluster, schema)
+    assert any(t["max_workers"] >= 1 for n, t in cluster["available_node_types"].items() if n != cluster["head_node_type"])
