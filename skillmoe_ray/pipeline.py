@@ -190,8 +190,9 @@ class Pipeline:
         timings["route"] = t2 - t1
 
         requests = [
-            GenerationRequest.user(expert_prompt(self.task, q.text), key=q.qid, role="expert", question=q.text)
-            for q in questions
+            GenerationRequest.user(expert_prompt(self.task, q.text), key=q.qid, role="expert", question=q.text,
+                                   meta={"skills": list(sk)})
+            for q, sk in zip(questions, skills)
         ]
         sampling = SamplingSettings(
             temperature=self.sampling.temperature, max_tokens=self.sampling.max_tokens, top_p=self.sampling.top_p,

@@ -11,6 +11,12 @@ from .recorded import RecordedEngine
 def create_engine(expert: ExpertConfig, data_dir: str | None = None) -> Engine:
     if expert.engine == "recorded":
         return RecordedEngine(expert.name, expert.model, task=expert.engine_args.get("task"), data_dir=data_dir)
+    if expert.engine == "simulated":
+        from .simulated import Clock, SimulatedEngine, spec_from_args
+
+        args = expert.engine_args
+        clock = Clock(virtual=args.get("clock", "virtual") == "virtual", scale=float(args.get("time_scale", 1.0)))
+        return SimulatedEngine(expert.name, spec_from_args(expert.size_gb, args), clock, data_dir)
     raise ConfigError(
         f"expert {expert.name!r}: engine {expert.engine!r} is not available in this build "
         "(available: recorded)"

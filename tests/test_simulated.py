@@ -1,0 +1,66 @@
+import pytest
+
+from skillmoe_ray.config import ExpertConfig
+from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+from skillmoe_ray.engines.registry import create_engine
+from skillmoe_ray.engines.simulated import Clock, CostConstants, SimulatedEngine, SimulatedSpec
+from skillmoe_ray.tasks import get_task, load_questions
+
+
+def test_cost_model_formulas():
+    c = CostConstants(load_fixed_s=20, load_gbps=2, step_fixed_s=0.01, step_per_seq_s=0.001, out_tokens=100, max_batch=8)
+    assert c.load_s(16) == pytest.approx(28.0)
+    assert c.generate_s(0) == 0
+    assert c.generate_s(1) == pytest.approx(100 * 0.011)
+    assert c.generate_s(4) == pytest.approx(100 * 0.014)
+    # batching: 4 prompts in one batch cost far less than 4 single runs
+    assert c.generate_s(4) < 4 * c.generate_s(1) / 2
+    # past max_batch the work runs in waves
+    assert c.generate_s(10) == pytest.approx(100 * (0.01 + 8 * 0.001) + 100 * (0.01 + 2 * 0.001))
+
+
+def test_virtual_clock_adds_load_once_and_generation_per_batch():
+    clock = Clock(virtual=True)
+    consts = CostConstants(out_tokens=50)
+    e = SimulatedEngine("m", SimulatedSpec(size_gb=8, accuracy=1.0, constants=consts), clock)
+    reqs = [GenerationRequest.user("p", key=f"GPQA/test/{i}") for i in range(5)]
+    e.generate(reqs, SamplingSettings(max_tokens=4096))
+    e.generate(reqs, SamplingSettings(max_tokens=4096))
+    assert e.loads == 1
+    assert clock.elapsed_s == pytest.approx(consts.load_s(8) + 2 * consts.generate_s(5, 50))
+    e.release()
+    e.generate(reqs[:1], SamplingSettings(max_tokens=10))  # reload after release; max_tokens caps the tokens
+    assert e.loads == 2 and clock.elapsed_s == pytest.approx(2 * consts.load_s(8) + 2 * consts.generate_s(5, 50)
+                                                              + consts.generate_s(1, 10))
+
+
+def test_real_clock_sleeps_scaled_time():
+    import time
+
+    clock = Clock(virtual=False, scale=0.001)
+    t0 = time.perf_counter()
+    clock.spend(200.0)  # 0.2 s of real time
+    assert 0.15 < time.perf_counter() - t0 < 2.0 and clock.elapsed_s == 200.0
+
+
+@pytest.mark.parametrize("accuracy", [0.2, 0.8])
+def test_answers_follow_the_configured_accuracy(accuracy):
+    task = get_task("GPQA")
+    qs = load_questions(task, "train")
+    e = SimulatedEngine("m", SimulatedSpec(accuracy=accuracy), Clock())
+    out = e.generate([GenerationRequest.user("p", key=q.qid) for q in qs], SamplingSettings(seed=0))
+    acc = sum(task.is_correct(task.extract(t), q.gold) for t, q in zip(out, qs)) / len(qs)
+    assert acc == pytest.approx(accuracy, abs=0.08)
+    assert out == e.generate([GenerationRequest.user("p", key=q.qid) for q in qs], SamplingSettings(seed=0))
+
+
+def test_per_skill_accuracy_and_registry():
+    expert = ExpertConfig(name="sim", engine="simulated", model="sim-8b", size_gb=16,
+                          engine_args={"accuracy": 0.0, "skill_accuracy": {"algebra": 1.0}, "out_tokens": 10})
+    e = create_engine(expert)
+    assert isinstance(e, SimulatedEngine) and e.spec.constants.out_tokens == 10
+    q = load_questions("AIME24", "test")[0]
+    good = e.generate([GenerationRequest.user("p", key=q.qid, meta={"skills": ["algebra"]})], SamplingSettings())[0]
+    bad = e.generate([GenerationRequest.user("p", key=q.qid, meta={"skills": ["law"]})], SamplingSettings())[0]
+    task = get_task("AIME24")
+    assert task.is_correct(task.extract(good), q.gold) and not task.is_correct(task.extract(bad), q.gold)
