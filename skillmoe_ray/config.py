@@ -112,6 +112,14 @@ class ServingConfig(_Strict):
     #: tasks whose profiles are loaded at start; the first is the default for requests without one
     tasks: list[str] = Field(default_factory=lambda: ["MMLU_Pro"], min_length=1)
     max_question_chars: int = Field(default=20_000, ge=1)
+    #: requests admitted at once (queued or in a batch); past it: 503 with Retry-After
+    max_pending: int = Field(default=512, ge=1)
+    #: a request still unanswered after this gets 504
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    #: environment variable holding the API key; if set (or api_key_file is), every
+    #: endpoint but /healthz needs "Authorization: Bearer <key>"
+    api_key_env: str = "SKILLMOE_API_KEY"
+    api_key_file: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
 

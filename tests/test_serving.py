@@ -2,31 +2,15 @@
 
 import json
 import random
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from httpclient import get, post
 
 from skillmoe_ray.pipeline import Pipeline
 from skillmoe_ray.planner import CostModel
 from skillmoe_ray.strategies import VoteAggregator, make_router
 from skillmoe_ray.tasks import Question, get_task
-
-
-def post(url, body, headers=None, raw=False):
-    data = body if raw else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return r.status, json.loads(r.read())
 
 
 @pytest.mark.slow
@@ -82,7 +66,16 @@ def test_bad_requests_get_4xx_and_do_not_hurt_others(served_recorded, recorded_r
     for s, r in replies[:-1]:
         assert r["error"]["message"] and "Traceback" not in r["error"]["message"]
     assert "no recording" in replies[4][1]["error"]["message"]
-    assert post(f"{served_recorded}/v1/solve", b"{not json", raw=True)[0] == 422
+    status, r = post(f"{served_recorded}/v1/solve", b"{not json", raw=True)
+    assert status == 400 and "not valid JSON" in r["error"]["message"]
+    status, r = post(f"{served_recorded}/v1/solve", b'{"question": "\xff\xfe"}', raw=True)
+    assert status == 400 and "UTF-8" in r["error"]["message"]
+    status, r = post(f"{served_recorded}/v1/solve", json.dumps({"question": good}).encode(), raw=True,
+                     headers={"content-type": "text/plain"})
+    assert status == 415 and "application/json" in r["error"]["message"]
+    status, r = post(f"{served_recorded}/v1/solve", {"question": "x" * 30_000})
+    assert status == 413
+    assert post(f"{served_recorded}/v1/solve", {"question": good})[0] == 200  # still serving
 
 
 def test_workers_own_their_logical_gpus_and_follow_the_plan(ray_cluster, recorded_runtime):

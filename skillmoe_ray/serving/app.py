@@ -11,7 +11,10 @@ can run while the previous one aggregates.
 
 
 import asyncio
+import hmac
+import json
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -27,7 +30,7 @@ from ..engines.base import SamplingSettings
 from ..errors import SkillMoEError
 from ..pipeline import ExpertAnswer, Pipeline, Solution
 from ..runtime import Runtime
-from ..strategies import log_odds_weights, make_router
+from ..strategies import VoteAggregator, log_odds_weights, make_router
 from ..tasks import Question, Task, get_task
 from .executor import RayExecutor, cost_model_for, start_aggregator, start_workers
 from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_response
@@ -35,6 +38,70 @@ from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_response
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="skillmoe-ray", description="Skill-based mixture of LLM experts", version="0.1.0")
+
+
+class _Error(Exception):
+    def __init__(self, status: int, message: str, headers: "dict[str, str] | None" = None):
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def _error(status: int, message: str, headers: "dict[str, str] | None" = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"message": message}}, headers=headers)
+
+
+def check_access(request: Request, api_key: "str | None") -> "JSONResponse | None":
+    """401 unless the bearer token matches (compared in constant time); /healthz is open."""
+    if not api_key or request.url.path.endswith("/healthz"):
+        return None
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if hmac.compare_digest(token.encode(), api_key.encode()):
+        return None
+    return _error(401, "missing or wrong API key (Authorization: Bearer <key>)", {"WWW-Authenticate": "Bearer"})
+
+
+async def read_json_body(request: Request, max_bytes: int) -> Any:
+    """The body as JSON, or a 4xx saying exactly what is wrong with it (raised as _Error)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise _Error(415, f"content type must be application/json, got {ctype or 'none'!r}")
+    body = await request.body()
+    if len(body) > max_bytes:
+        raise _Error(413, f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _Error(400, "request body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise _Error(400, f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def validate(model: Any, data: Any) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise _Error(422, detail) from None
+
+
+def read_api_key(env_name: str, file: "str | None") -> "str | None":
+    """The API key from a file (first line) or an environment variable; never logged."""
+    if file:
+        from pathlib import Path
+
+        try:
+            key = Path(file).expanduser().read_text(encoding="utf-8").strip().splitlines()[0].strip()
+        except (OSError, IndexError):
+            raise SkillMoEError(f"{file}: serving.api_key_file cannot be read or is empty") from None
+        return key or None
+    return os.environ.get(env_name) or None
 
 
 @api.exception_handler(RequestValidationError)
@@ -45,17 +112,29 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> JSONRes
 
 
 class RemoteAggregator:
-    """The pipeline's aggregation stage, run by the dedicated aggregator actor."""
+    """The pipeline's aggregation stage, run by the dedicated aggregator actor.
 
-    def __init__(self, actor: Any, name: str):
+    If the actor fails, the experts' answers are still good: the batch falls
+    back to a majority vote, and each answer says so in ``aggregator``.
+    """
+
+    def __init__(self, actor: Any, name: str, fallback: VoteAggregator, timeout_s: float = 600.0):
         self.actor = actor
         self.name = name
+        self.fallback = fallback
+        self.timeout_s = timeout_s
 
     def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
-                  executor: Any, seed: int) -> list[tuple[str | None, str, str]]:
+                  executor: Any, seed: int) -> "list[tuple[str | None, str, str]]":
         import ray
 
-        return ray.get(self.actor.aggregate.remote(task.name, list(questions), [list(a) for a in answers], seed))
+        try:
+            return ray.get(self.actor.aggregate.remote(task.name, list(questions), [list(a) for a in answers], seed),
+                           timeout=self.timeout_s)
+        except Exception as exc:  # actor died, timed out or raised
+            log.warning("aggregator failed (%s); falling back to a vote of the experts", type(exc).__name__)
+            voted = self.fallback.aggregate(task, questions, answers, executor, seed)
+            return [(a, r, f"vote (fallback: aggregator {self.name} failed)") for a, r, _ in voted]
 
 
 def solution_dict(s: Solution) -> dict[str, Any]:
@@ -69,12 +148,6 @@ def solution_dict(s: Solution) -> dict[str, Any]:
         "task": s.question.task,
         "timings": {k: round(v, 6) for k, v in s.timings.items()},
     }
-
-
-class _Error(Exception):
-    def __init__(self, status: int, message: str):
-        self.status = status
-        self.message = message
 
 
 def user_error(exc: BaseException) -> "SkillMoEError | None":
@@ -123,6 +196,9 @@ class SkillMoEIngress:
         self.sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens)
         self.usage: Counter[str] = Counter()
         self.served = 0
+        self.api_key = read_api_key(sv.api_key_env, sv.api_key_file)
+        self.max_body = 4 * sv.max_question_chars + 4096
+        self.pending = 0
         self._batch.set_max_batch_size(sv.max_batch_size)
         self._batch.set_batch_wait_timeout_s(sv.batch_window_s)
         self._index = 0
@@ -145,8 +221,9 @@ class SkillMoEIngress:
             for i in idx:
                 self._index += 1
                 questions.append(Question(task.name, "request", self._index, items[i][1]))
+            fallback = VoteAggregator(self.profiles[task.name].ranking())
             pipe = Pipeline(task, self.skill_stages[task.name], self.routers[task.name],
-                            RemoteAggregator(self.aggregator, self.agg_name), self.rt.executor, self.sampling)
+                            RemoteAggregator(self.aggregator, self.agg_name, fallback), self.rt.executor, self.sampling)
             try:
                 solved: list = pipe.solve(questions, seed=self.cfg.routing.seed)
             except Exception:
@@ -185,47 +262,75 @@ class SkillMoEIngress:
             raise _Error(413, f"question is {len(question)} characters; the limit is {self.cfg.serving.max_question_chars}")
         t0 = time.perf_counter()
         task_name = self._task_for(task)
+        sv = self.cfg.serving
+        if self.pending >= sv.max_pending:
+            raise _Error(503, f"server is at capacity ({sv.max_pending} requests pending); retry shortly",
+                         {"Retry-After": "1"})
+        self.pending += 1
         try:
-            result = await self._batch((task_name, question))
+            result = await asyncio.wait_for(self._batch((task_name, question)), timeout=sv.request_timeout_s)
             if "__error__" in result:
                 raise result["__error__"]
+        except asyncio.TimeoutError:
+            raise _Error(504, f"no answer within {sv.request_timeout_s:g} s (task {task_name}, "
+                              f"{time.perf_counter() - t0:.1f} s in the system); it may still complete") from None
         except Exception as exc:
             err = user_error(exc)
             if err is None:
                 log.exception("request failed")
                 raise _Error(500, f"internal error ({type(exc).__name__}); see the server log") from None
             raise _Error(422, str(err)) from None
+        finally:
+            self.pending -= 1
         result["timings"]["request"] = round(time.perf_counter() - t0, 6)
         return result
 
     # ------------------------------------------------------------------ HTTP
 
-    @api.post("/v1/solve", response_model=SolveResponse)
-    async def solve(self, body: SolveRequest):
+    @api.post("/v1/solve", response_model=SolveResponse,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": SolveRequest.model_json_schema()}}}})
+    async def solve(self, request: Request):
+        denied = check_access(request, self.api_key)
+        if denied:
+            return denied
         try:
+            body = validate(SolveRequest, await read_json_body(request, self.max_body))
             return await self._solve(body.question, body.task)
         except _Error as e:
-            return JSONResponse(status_code=e.status, content={"error": {"message": e.message}})
+            return _error(e.status, e.message, e.headers)
 
-    @api.post("/v1/chat/completions")
-    async def chat(self, body: ChatRequest):
-        if body.stream:
-            return JSONResponse(status_code=400, content={"error": {"message": "stream=true is not supported"}})
-        users = [m.content for m in body.messages if m.role == "user"]
-        if not users or not users[-1].strip():
-            return JSONResponse(status_code=400, content={"error": {"message": "messages need a non-empty user message"}})
+    @api.post("/v1/chat/completions",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": ChatRequest.model_json_schema()}}}})
+    async def chat(self, request: Request):
+        denied = check_access(request, self.api_key)
+        if denied:
+            return denied
         try:
+            body = validate(ChatRequest, await read_json_body(request, self.max_body))
+            if body.stream:
+                raise _Error(400, "stream=true is not supported")
+            users = [m.content for m in body.messages if m.role == "user"]
+            if not users or not users[-1].strip():
+                raise _Error(422, "messages need a non-empty user message")
             solved = await self._solve(users[-1], body.task)
         except _Error as e:
-            return JSONResponse(status_code=e.status, content={"error": {"message": e.message}})
+            return _error(e.status, e.message, e.headers)
         return chat_response(body.model, solved, int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}")
 
     @api.get("/v1/pool")
-    async def pool(self):
-        import ray
+    async def pool(self, request: Request):
+        denied = check_access(request, self.api_key)
+        if denied:
+            return denied
 
         infos = await asyncio.gather(*[w.info.remote() for w in self.workers])
-        agg = await self.aggregator.info.remote()
+        try:
+            agg = await asyncio.wait_for(self.aggregator.info.remote(), timeout=10)
+        except Exception as exc:  # dead or unreachable: say so, the pool view must still answer
+            agg = {"mode": self.cfg.aggregation.mode, "status": f"unavailable ({type(exc).__name__}); "
+                                                                "answers fall back to a vote"}
         resident = {e: [i["wid"] for i in infos if e in i["resident"]] for e in self.rt.expert_names}
         return {
             "experts": [
@@ -262,5 +367,11 @@ def build_app(args: dict[str, str]) -> Any:
     if "config" not in args:
         raise SkillMoEError("build_app needs the argument config=<deployment yaml>")
     cfg_path = resolve_config_path(args["config"])
-    load_config(cfg_path)  # fail here, with the file and field, rather than inside a replica
-    return SkillMoEIngress.bind(cfg_path, args.get("recorded_dir"), args.get("state_dir"))
+    cfg = load_config(cfg_path)  # fail here, with the file and field, rather than inside a replica
+    return ingress_for(cfg).bind(cfg_path, args.get("recorded_dir"), args.get("state_dir"))
+
+
+def ingress_for(cfg: Any) -> Any:
+    """The ingress deployment sized for a config: Serve must admit more than the pending cap and a batch."""
+    limit = max(cfg.serving.max_pending, cfg.serving.max_batch_size) + 16
+    return SkillMoEIngress.options(max_ongoing_requests=limit)

@@ -69,8 +69,9 @@ def start_workers(
             num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            # a worker that dies is restarted by Ray and the sub-batch it was running is re-run on it
             max_restarts=-1,
-            name=None,
+            max_task_retries=3,
         ).remote(i, specs, data_dir, capacity)
         for i in range(n_workers)
     ]
@@ -79,10 +80,13 @@ def start_workers(
 
 def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, llm_expert: ExpertConfig | None,
                      data_dir: str | None, gpus: float = 0.0, max_tokens: int = 4096) -> Any:
+    import uuid
+
     import ray
 
     remote = ray.remote(AggregatorWorker)
-    return remote.options(num_cpus=0, num_gpus=gpus, max_restarts=-1).remote(
+    return remote.options(num_cpus=0, num_gpus=gpus, max_restarts=-1, max_task_retries=1,
+                          name=f"skillmoe-aggregator-{uuid.uuid4().hex[:8]}").remote(
         mode, ranking_by_task, weights_by_task, llm_expert.model_dump() if llm_expert else None, data_dir, max_tokens)
 
 

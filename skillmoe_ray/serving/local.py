@@ -44,10 +44,10 @@ def start_serving(config_path: str | Path, cfg: Config, host: str, port: int, re
     """Deploy the ingress; returns its URL once it answers."""
     from ray import serve
 
-    from .app import SkillMoEIngress
+    from .app import ingress_for
 
     serve.start(http_options={"host": host, "port": port}, detached=False)
-    app = SkillMoEIngress.bind(str(Path(config_path).resolve()), recorded_dir, state_dir)
+    app = ingress_for(cfg).bind(str(Path(config_path).resolve()), recorded_dir, state_dir)
     try:
         serve.run(app, name="skillmoe", route_prefix="/", blocking=False)
     except Exception as exc:  # deployment constructor errors arrive wrapped

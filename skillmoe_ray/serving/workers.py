@@ -124,5 +124,9 @@ class AggregatorWorker:
         return agg.aggregate(task, questions, answers, None, seed)  # type: ignore[arg-type]
 
     def info(self) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
         return {"mode": self.mode, "model": self.engine.name if self.engine else None,
-                "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid()}
+                "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid(),
+                "actor_name": ctx.get_actor_name(), "namespace": ctx.namespace}
