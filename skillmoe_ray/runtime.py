@@ -104,7 +104,8 @@ class Runtime:
                 prof = Profiles.load(path)
                 m = prof.meta
                 if m.get("pool_fingerprint") == self.fingerprint() and m.get("skills") == self._extractor_meta() \
-                        and m.get("aggregation_mode") == self.cfg.aggregation.mode:
+                        and m.get("aggregation_mode") == self.cfg.aggregation.mode \
+                        and m.get("profiling", {}) == self.cfg.profiling.model_dump():
                     return prof
                 log.info("profiles at %s were built for another pool or extractor; rebuilding", path)
             except DataError as exc:
@@ -113,8 +114,18 @@ class Runtime:
         prof.save(path)
         return prof
 
-    def build_profiles(self, task: Task) -> Profiles:
+    def profiling_questions(self, task: Task) -> list[Question]:
         questions = self.questions(task, "train")
+        limit = self.cfg.profiling.max_questions
+        if limit and limit < len(questions):
+            import random
+
+            picked = sorted(random.Random(self.cfg.profiling.seed).sample(range(len(questions)), limit))
+            questions = [questions[i] for i in picked]
+        return questions
+
+    def build_profiles(self, task: Task) -> Profiles:
+        questions = self.profiling_questions(task)
         names = self.expert_names
         if self.progress:
             print(f"profiling {len(names)} experts on {len(questions)} {task.name} validation questions")
@@ -139,6 +150,7 @@ class Runtime:
             "n_questions": len(questions),
             "skills": self._extractor_meta(),
             "aggregation_mode": self.cfg.aggregation.mode,
+            "profiling": self.cfg.profiling.model_dump(),
             "skillmoe_version": __version__,
         }
         prof = build_profiles(task.name, names, [q.qid for q in questions], skills, preds, correct, meta)
