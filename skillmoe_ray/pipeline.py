@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .aggregation import expert_prompt, vote_settled
 from .engines.base import Engine, GenerationRequest, SamplingSettings
-from .errors import ConfigError
+from .errors import ConfigError, EngineError
 from .skills.extract import SkillAligner, SkillExtractor
 from .tasks import Question, Task
 
@@ -65,6 +65,11 @@ def group_by_expert(selections: Sequence[Sequence[str]], requests: Sequence[Gene
 
 
 class Executor(Protocol):
+    """Runs expert-grouped plans. Items of an expert that failed to load are left out of
+    the result, and the expert is listed in ``unhealthy`` with the reason."""
+
+    unhealthy: dict[str, str]
+
     def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]: ...
 
     def engine(self, name: str) -> Engine: ...
@@ -80,6 +85,8 @@ class LocalExecutor:
     def __init__(self, engines: Mapping[str, Engine], progress: bool = False):
         self.engines = dict(engines)
         self.progress = progress
+        #: expert -> why it is out of service (a load failed); routing avoids these
+        self.unhealthy: dict[str, str] = {}
 
     def engine(self, name: str) -> Engine:
         try:
@@ -93,7 +100,11 @@ class LocalExecutor:
         bar = tqdm(items, desc="experts", unit="model", disable=not self.progress or len(plan) < 2, leave=False)
         for name, work in bar:
             engine = self.engine(name)
-            engine.ensure_loaded()
+            try:
+                engine.ensure_loaded()
+            except Exception as exc:  # its items stay unanswered; the pipeline re-routes them
+                self.unhealthy[name] = f"load failed: {exc}"
+                continue
             texts = engine.generate([req for _, _, req in work], sampling)
             for (qi, slot, _), text in zip(work, texts):
                 out[(qi, slot)] = text
@@ -198,10 +209,11 @@ class Pipeline:
             temperature=self.sampling.temperature, max_tokens=self.sampling.max_tokens, top_p=self.sampling.top_p,
             seed=seed,
         )
+        selections = self.avoid_unhealthy(selections)
         if getattr(self.router, "cascade", False):
             answers = self._run_cascade(selections, requests, sampling)
         else:
-            texts = self.executor.run(group_by_expert(selections, requests), sampling)
+            texts = self._run_healing(selections, requests, sampling)
             answers = [
                 [ExpertAnswer(e, texts[(qi, slot)], self.task.extract(texts[(qi, slot)])) for slot, e in enumerate(sel)]
                 for qi, sel in enumerate(selections)
@@ -218,30 +230,87 @@ class Pipeline:
             for q, sk, sel, ans, (answer, response, who) in zip(questions, skills, selections, answers, merged)
         ]
 
-    def _run_cascade(self, selections: Sequence[Sequence[str]], requests: Sequence[GenerationRequest],
+    def _fallback_order(self) -> list[str]:
+        order = list(getattr(self.router, "ranking", None) or getattr(self.router, "experts", None) or [])
+        pool = list(getattr(self.executor, "engines", None) or getattr(self.executor, "expert_names", None) or [])
+        return order + [e for e in pool if e not in order]
+
+    def avoid_unhealthy(self, selections: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Each unhealthy expert is replaced by the best-ranked healthy one the question does not have yet."""
+        bad = self.executor.unhealthy
+        if not bad:
+            return [list(s) for s in selections]
+        healthy = [e for e in self._fallback_order() if e not in bad]
+        if not healthy:
+            raise EngineError("every expert of the pool is out of service: "
+                              + "; ".join(f"{e}: {why}" for e, why in bad.items()))
+        out = []
+        for sel in selections:
+            new = []
+            for e in sel:
+                if e in bad:
+                    e = next((h for h in healthy if h not in new and h not in sel), healthy[0])
+                new.append(e)
+            out.append(new)
+        return out
+
+    def _run_healing(self, selections: list[list[str]], requests: Sequence[GenerationRequest],
+                     sampling: SamplingSettings, attempts: int = 3) -> dict[tuple[int, int], str]:
+        """Run a plan; items of experts that failed to load are re-routed to healthy experts and run again."""
+        texts = self.executor.run(group_by_expert(selections, requests), sampling)
+        for _ in range(attempts):
+            missing = [(qi, slot) for qi, sel in enumerate(selections) for slot in range(len(sel))
+                       if (qi, slot) not in texts]
+            if not missing:
+                return texts
+            healed = self.avoid_unhealthy(selections)
+            plan: ExpertPlan = defaultdict(list)
+            for qi, slot in missing:
+                selections[qi][slot] = healed[qi][slot]
+                plan[healed[qi][slot]].append((qi, slot, requests[qi]))
+            texts.update(self.executor.run(dict(plan), sampling))
+        if any((qi, slot) not in texts for qi, sel in enumerate(selections) for slot in range(len(sel))):
+            raise EngineError("experts kept failing to load: "
+                              + "; ".join(f"{e}: {why}" for e, why in self.executor.unhealthy.items()))
+        return texts
+
+    def _run_cascade(self, selections: list[list[str]], requests: Sequence[GenerationRequest],
                      sampling: SamplingSettings) -> list[list[ExpertAnswer]]:
-        """Ask each question's experts in order, in expert-grouped rounds, until its vote is settled."""
+        """Ask each question's experts in order, in expert-grouped rounds, until its vote is settled.
+
+        The votes' tie-break rank is the slot order (the router's order). A slot
+        whose expert failed to load is given a healthy substitute and asked again.
+        """
         answers: list[list[ExpertAnswer]] = [[] for _ in selections]
-        rank_of = [{e: i for i, e in enumerate(sel)} for sel in selections]
         first = [min(len(sel), (len(sel) + 1) // 2) for sel in selections]
         open_q = [qi for qi, sel in enumerate(selections) if sel]
-        while open_q:
-            rounds = {qi: selections[qi][len(answers[qi]) : (first[qi] if not answers[qi] else len(answers[qi]) + 1)]
+        budget = 3 * max((len(sel) for sel in selections), default=0) + 3
+        while open_q and budget:
+            budget -= 1
+            healed = self.avoid_unhealthy([selections[qi] for qi in open_q])
+            for qi, sel in zip(open_q, healed):
+                selections[qi] = sel
+            rounds = {qi: range(len(answers[qi]), first[qi] if not answers[qi] else len(answers[qi]) + 1)
                       for qi in open_q}
             plan: ExpertPlan = defaultdict(list)
-            for qi, experts in rounds.items():
-                for j, e in enumerate(experts):
-                    plan[e].append((qi, len(answers[qi]) + j, requests[qi]))
+            for qi, slots in rounds.items():
+                for slot in slots:
+                    plan[selections[qi][slot]].append((qi, slot, requests[qi]))
             texts = self.executor.run(dict(plan), sampling)
             still_open = []
-            for qi, experts in rounds.items():
-                base = len(answers[qi])
-                for j, e in enumerate(experts):
-                    text = texts[(qi, base + j)]
-                    answers[qi].append(ExpertAnswer(e, text, self.task.extract(text)))
+            for qi, slots in rounds.items():
+                for slot in slots:
+                    if (qi, slot) not in texts:
+                        break  # re-asked next round, after re-routing
+                    e = selections[qi][slot]
+                    answers[qi].append(ExpertAnswer(e, texts[(qi, slot)], self.task.extract(texts[(qi, slot)])))
                 remaining = len(selections[qi]) - len(answers[qi])
-                ranks = [rank_of[qi][a.expert] for a in answers[qi]]
-                if remaining and not vote_settled([a.pred for a in answers[qi]], ranks, remaining, self.task):
+                asked = len(answers[qi]) >= first[qi]
+                if remaining and (not asked or not vote_settled([a.pred for a in answers[qi]],
+                                                                list(range(len(answers[qi]))), remaining, self.task)):
                     still_open.append(qi)
             open_q = still_open
+        if open_q:
+            raise EngineError("experts kept failing to load: "
+                              + "; ".join(f"{e}: {why}" for e, why in self.executor.unhealthy.items()))
         return answers

@@ -18,7 +18,7 @@ from .aggregation import build_aggregator_tasks, aggregation_prompt, select_aggr
 from .config import Config, ExpertConfig
 from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .engines.registry import create_engine
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, EngineError
 from .pipeline import Executor, ExecutorEngine, LocalExecutor, SkillStage, group_by_expert
 from .aggregation import expert_prompt
 from .pool import pool_experts, pool_fingerprint
@@ -139,6 +139,9 @@ class Runtime:
         for name, work in bar:
             bar.set_postfix_str(name)
             texts.update(self.executor.run({name: work}, sampling))
+        if self.executor.unhealthy:
+            raise EngineError("cannot build profiles: " + "; ".join(
+                f"{e}: {why}" for e, why in self.executor.unhealthy.items()))
         outputs = {e: [texts[(i, s)] for i in range(len(questions))] for s, e in enumerate(names)}
         preds = {e: [task.extract(t) for t in outputs[e]] for e in names}
         correct = {e: [task.is_correct(p, q.gold) for p, q in zip(preds[e], questions)] for e in names}

@@ -68,6 +68,7 @@ class PaperRouter:
 
     def __init__(self, profiles: Profiles, k: int = 3, temperature: float = 0.5, usage_floor: float = 0.05):
         self.scores = profiles.scores
+        self.ranking = profiles.ranking()
         self.k = k
         self.temperature = temperature
         self.usage_floor = usage_floor

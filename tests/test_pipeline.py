@@ -68,3 +68,25 @@ def test_paper_router_on_real_profiles_recruits_k_and_is_seedable(recorded_runti
     a, b = router.route(qs, skills, 0), router.route(qs, skills, 0)
     assert a == b and all(len(sel) == 3 for sel in a)
     assert len({e for sel in a for e in sel}) >= 3
+
+
+class BrokenEngine(CountingEngine):
+    def load(self):
+        raise OSError("weights file is missing")
+
+
+def test_expert_that_fails_to_load_is_routed_around_and_reported():
+    engines = {"a": BrokenEngine("a", "A"), "b": CountingEngine("b", "B"), "c": CountingEngine("c", "C"),
+               "d": CountingEngine("d", "D")}
+    ex = LocalExecutor(engines)
+    task = get_task("GPQA")
+    qs = [Question("GPQA", "test", i, f"q{i}") for i in range(4)]
+    pipe = Pipeline(task, None, FixedRouter("top3", ["a", "b", "c"]), VoteAggregator(["a", "b", "c", "d"]), ex)
+    sols = pipe.solve(qs)
+    assert "weights file is missing" in ex.unhealthy["a"]
+    assert all(s.experts == ["d", "b", "c"] and s.calls == 3 for s in sols)
+    # the next batch avoids it from the start
+    sols = pipe.solve(qs)
+    assert all("a" not in s.experts for s in sols)
+    casc = Pipeline(task, None, CascadeRouter("c", ["a", "b", "c"]), VoteAggregator(["a", "b", "c", "d"]), ex)
+    assert all("a" not in s.experts and s.answer for s in casc.solve(qs))

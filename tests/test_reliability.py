@@ -141,3 +141,47 @@ def test_aggregator_failure_falls_back_to_a_vote(fault_app):
     status, r = post(f"{fault_app}/v1/solve", {"question": gpqa_questions(3)[2]}, headers=AUTH)
     assert status == 200 and r["answer"] in "ABCD"
     assert r["aggregator"].startswith("vote (fallback: aggregator")
+
+
+def test_model_that_fails_to_load_is_marked_unhealthy_and_avoided(served_recorded, state_dir, tmp_path):
+    """A recording vanishes and its worker restarts: the expert is out of service, requests still answered."""
+    import os
+    import shutil
+    import signal
+
+    from ray import serve
+
+    from skillmoe_ray.config import load_config
+    from skillmoe_ray.engines.recorded import builtin_recorded_dir
+    from skillmoe_ray.serving.app import ingress_for
+    from skillmoe_ray.tasks import load_questions
+
+    pool = tmp_path / "mmlu_pro"
+    pool.mkdir()
+    for f in builtin_recorded_dir().glob("*.jsonl.gz"):
+        shutil.copy(f, pool)
+    cfg_path = tmp_path / "sick.yaml"
+    cfg_path.write_text(yaml.safe_dump({"name": "sick", "pool": {"recorded_dir": str(pool)},
+                                        "routing": {"strategy": "fixed", "k": 3},
+                                        "serving": {"workers": 1, "cpus_per_worker": 0.5}}))
+    serve.run(ingress_for(load_config(cfg_path)).bind(str(cfg_path), None, str(state_dir)), name="sick",
+              route_prefix="/sick")
+    url = served_recorded + "/sick"
+    try:
+        status, pool_view = get(f"{url}/v1/pool")
+        top = [e for e in pool_view["experts"]]
+        # the best-ranked expert's weights vanish, then its worker dies and comes back without them
+        ranking_first = post(f"{url}/v1/solve", {"question": load_questions("MMLU_Pro", "test")[0].text})[1]["experts"][0]
+        (pool / f"{ranking_first}.jsonl.gz").unlink()
+        os.kill(pool_view["workers"][0]["pid"], signal.SIGKILL)
+        qs = [q.text for q in load_questions("MMLU_Pro", "test")[1:6]]
+        replies = [post(f"{url}/v1/solve", {"question": q}) for q in qs]
+        assert [s for s, _ in replies] == [200] * 5
+        assert all(ranking_first not in r["experts"] and len(r["experts"]) == 3 for _, r in replies)
+        status, pool_view = get(f"{url}/v1/pool")
+        sick = next(e for e in pool_view["experts"] if e["name"] == ranking_first)
+        assert sick["healthy"] is False and "load failed" in sick["unhealthy_reason"]
+        assert all(e["healthy"] for e in pool_view["experts"] if e["name"] != ranking_first)
+        assert len(top) == 8
+    finally:
+        serve.delete("sick")

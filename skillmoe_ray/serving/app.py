@@ -175,7 +175,7 @@ class SkillMoEIngress:
         workers, self._pg = start_workers(rt.experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, data_dir,
                                           sv.models_per_worker)
         self.workers = workers
-        rt.executor = RayExecutor(workers, cost_model_for(rt.experts), sv.models_per_worker)
+        rt.executor = RayExecutor(workers, cost_model_for(rt.experts), sv.models_per_worker, rt.expert_names)
         self.rt = rt
         self.tasks = [get_task(t) for t in sv.tasks]
         self.profiles = {t.name: rt.profiles(t) for t in self.tasks}
@@ -335,7 +335,9 @@ class SkillMoEIngress:
         return {
             "experts": [
                 {"name": e.name, "engine": e.engine, "model": e.model, "resident_on_workers": resident[e.name],
-                 "usage": self.usage.get(e.name, 0)}
+                 "usage": self.usage.get(e.name, 0),
+                 "healthy": e.name not in self.rt.executor.unhealthy,
+                 "unhealthy_reason": self.rt.executor.unhealthy.get(e.name)}
                 for e in self.rt.experts
             ],
             "workers": infos,

@@ -93,8 +93,12 @@ def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, ll
 class RayExecutor:
     """Plans each batch over the worker actors and gathers their answers."""
 
-    def __init__(self, workers: Sequence[Any], cost: CostModel, capacity: int = 1):
+    def __init__(self, workers: Sequence[Any], cost: CostModel, capacity: int = 1,
+                 expert_names: Sequence[str] = ()):
         self.workers = list(workers)
+        self.expert_names = list(expert_names)
+        #: expert -> why it is out of service (its load failed on a worker); routing avoids these
+        self.unhealthy: dict[str, str] = {}
         self.cost = cost
         self.capacity = capacity
         self._resident: dict[int, frozenset[str]] = {i: frozenset() for i in range(len(self.workers))}
@@ -127,6 +131,7 @@ class RayExecutor:
         with self._lock:
             for s in stats:
                 self._resident[s["wid"]] = frozenset(s["resident"])
+                self.unhealthy.update(s.get("failed", {}))
             self.last_assignment = assignment
             self.last_stats = stats
         self.last_wall_s = time.perf_counter() - t0

@@ -33,6 +33,7 @@ class ExpertWorker:
         self.loads = 0
         self.load_seconds = 0.0
         self.usage: dict[str, int] = {}
+        self.failed: dict[str, str] = {}
 
     def _engine(self, name: str) -> Engine:
         if name not in self.engines:
@@ -59,15 +60,21 @@ class ExpertWorker:
         """Run expert jobs in order; returns {"texts": {(qi, slot): text}, "stats": ...}."""
         texts: dict[tuple[int, int], str] = {}
         timings: list[dict[str, Any]] = []
+        failed: dict[str, str] = {}
         names = [name for name, _ in jobs]
         for i, (name, work) in enumerate(jobs):
-            engine = self._engine(name)
             t0 = time.perf_counter()
-            if not engine.loaded:
-                if not getattr(engine, "cheap_residency", False):
-                    self._make_room(names[i + 1 :])
-                engine.load()
-                self.loads += 1
+            try:
+                engine = self._engine(name)
+                if not engine.loaded:
+                    if not getattr(engine, "cheap_residency", False):
+                        self._make_room(names[i + 1 :])
+                    engine.load()
+                    self.loads += 1
+            except Exception as exc:  # the expert is out of service; its items go back unanswered
+                failed[name] = f"load failed on worker {self.wid}: {exc}"
+                self.failed[name] = failed[name]
+                continue
             t1 = time.perf_counter()
             self.load_seconds += t1 - t0
             out = engine.generate([req for _, _, req in work], sampling)
@@ -75,7 +82,8 @@ class ExpertWorker:
                 texts[(qi, slot)] = text
             self.usage[name] = self.usage.get(name, 0) + len(work)
             timings.append({"expert": name, "load_s": t1 - t0, "generate_s": time.perf_counter() - t1, "n": len(work)})
-        return {"texts": texts, "stats": {"wid": self.wid, "jobs": timings, "resident": self.resident()}}
+        return {"texts": texts,
+                "stats": {"wid": self.wid, "jobs": timings, "resident": self.resident(), "failed": failed}}
 
     def resident(self) -> list[str]:
         return [n for n, e in self.engines.items() if e.loaded]
@@ -90,6 +98,7 @@ class ExpertWorker:
             "loads": self.loads,
             "load_seconds": round(self.load_seconds, 4),
             "usage": dict(self.usage),
+            "failed": dict(self.failed),
         }
 
 
