@@ -88,6 +88,19 @@ def test_api_key_guards_everything_but_health(fault_app):
     assert e.value.code == 401
 
 
+def test_api_key_never_reaches_the_logs(fault_app):
+    import ray
+
+    post(f"{fault_app}/v1/solve", {"question": gpqa_questions(1)[0]}, headers={"authorization": "Bearer s3cret-key"})
+    post(f"{fault_app}/v1/solve", {"question": gpqa_questions(1)[0]}, headers={"authorization": "Bearer guess"})
+    from pathlib import Path
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    offenders = [str(p) for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000
+                 and b"s3cret-key" in p.read_bytes()]
+    assert offenders == []
+
+
 def test_killed_worker_mid_batch_loses_no_request(fault_app):
     import os
     import signal
