@@ -82,9 +82,11 @@ class LocalExecutor:
     are parked after their sub-batch so the next expert has the memory.
     """
 
-    def __init__(self, engines: Mapping[str, Engine], progress: bool = False):
+    def __init__(self, engines: Mapping[str, Engine], progress: bool = False, keep_resident: bool = False):
         self.engines = dict(engines)
         self.progress = progress
+        #: never park (an aggregator's single model stays loaded between batches)
+        self.keep_resident = keep_resident
         #: expert -> why it is out of service (a load failed); routing avoids these
         self.unhealthy: dict[str, str] = {}
 
@@ -108,7 +110,7 @@ class LocalExecutor:
             texts = engine.generate([req for _, _, req in work], sampling)
             for (qi, slot, _), text in zip(work, texts):
                 out[(qi, slot)] = text
-            if not getattr(engine, "cheap_residency", False):
+            if not (self.keep_resident or getattr(engine, "cheap_residency", False)):
                 engine.park()
         return out
 

@@ -124,7 +124,8 @@ class AggregatorWorker:
         task = get_task(task_name)
         if self.mode == "llm" and self.engine is not None:
             agg = LLMAggregator(self.engine.name, self.max_tokens)
-            return agg.aggregate(task, questions, answers, LocalExecutor({self.engine.name: self.engine}), seed)
+            executor = LocalExecutor({self.engine.name: self.engine}, keep_resident=True)
+            return agg.aggregate(task, questions, answers, executor, seed)
         ranking = self.ranking_by_task.get(task_name, [])
         if self.mode == "weighted_vote":
             agg = WeightedVoteAggregator.from_weights(ranking, self.weights_by_task.get(task_name, {}))

@@ -1,0 +1,61 @@
+"""A question answered end to end by real models through the server: the keyword LLM, the
+experts and the aggregator all run on vLLM's CPU build inside the Ray actors.
+
+A trimmed copy of deployments/local-cpu.yaml keeps it to a few minutes on two
+cores: two of its models, three validation questions for the profiles, short
+generations. Skips (and says why) without vLLM.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+from httpclient import get, post
+
+ROOT = Path(__file__).resolve().parent.parent
+_missing = [m for m in ("vllm", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(_missing), reason=f"needs {', '.join(_missing)} (the 'cpu' extra)"),
+]
+
+
+def test_real_models_answer_end_to_end(served_recorded, state_dir, tmp_path):
+    from ray import serve
+
+    from skillmoe_ray.config import load_config
+    from skillmoe_ray.serving.app import ingress_for
+
+    full = yaml.safe_load((ROOT / "deployments" / "local-cpu.yaml").read_text())
+    keep = {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    cfg = dict(full)
+    cfg["name"] = "local-cpu-e2e"
+    cfg["pool"] = {"experts": [e for e in full["pool"]["experts"] if e["name"] in keep]}
+    cfg["skills"] = {**full["skills"], "keyword_model": "qwen2.5-coder-0.5b", "samples": 3}
+    cfg["routing"] = {"strategy": "paper", "k": 2, "usage_floor": 0.0}
+    cfg["aggregation"] = {"mode": "llm", "aggregator": "qwen2.5-coder-0.5b", "max_tokens": 48}
+    cfg["generation"] = {"temperature": 0.7, "max_tokens": 48}
+    cfg["profiling"] = {"max_questions": 3}
+    cfg["serving"] = {"workers": 1, "cpus_per_worker": 0.5, "tasks": ["GPQA"], "request_timeout_s": 900}
+    path = tmp_path / "local-cpu-e2e.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    serve.run(ingress_for(load_config(path)).bind(str(path), None, str(state_dir)), name="cpu", route_prefix="/cpu")
+    url = served_recorded + "/cpu"
+    try:
+        q = "What is 7 * 8? The options are: (A) 54 (B) 56 (C) 58 (D) 64"
+        status, r = post(f"{url}/v1/solve", {"question": q, "task": "GPQA"})
+        assert status == 200, r
+        assert r["aggregator"] == "qwen2.5-coder-0.5b" and r["response"].strip()
+        assert len(r["experts"]) == 2 and set(r["experts"]) <= keep
+        assert r["skills"], "the keyword LLM found no skills"
+        assert all(k in r["timings"] for k in ("skills", "experts", "aggregate"))
+        status, pool = get(f"{url}/v1/pool")
+        assert status == 200 and pool["aggregator"]["resident"] is True
+        assert pool["aggregator"]["model"] == "qwen2.5-coder-0.5b"
+        print("\nanswer:", r["answer"], "| experts:", r["experts"], "| skills:", r["skills"],
+              "| timings:", r["timings"])
+    finally:
+        serve.delete("cpu")
