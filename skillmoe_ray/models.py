@@ -42,7 +42,7 @@ from .errors import SkillMoEError
 PACKAGED_PREFIX = "packaged:"
 MARKER = "skillmoe-model.json"
 #: bump when the conversion changes in a way that makes old folders stale
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2  # 2: GGUF add_bos_token applied to the tokenizer
 
 
 @dataclass(frozen=True)
@@ -285,6 +285,37 @@ def assemble_gguf(m: PackagedModel, pkg_dir: Path, out: Path) -> Path:
     return out
 
 
+def _gguf_flags(gguf: Path) -> dict[str, bool]:
+    """``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` of a GGUF file (those present)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    out: dict[str, bool] = {}
+    for key in ("add_bos_token", "add_eos_token"):
+        field = reader.fields.get(f"tokenizer.ggml.{key}")
+        if field is None:
+            continue
+        try:
+            out[key] = bool(field.contents())
+        except Exception:  # older gguf: the value is the last part
+            out[key] = bool(field.parts[field.data[0]][0])
+    del reader
+    return out
+
+
+def _apply_gguf_special_token_flags(tok, gguf: Path) -> None:
+    """transformers drops the GGUF's "add BOS" flag when it converts the tokenizer.
+
+    Gemma needs ``<bos>`` in front of every prompt (without it the base model
+    writes ``<h2><h2>...``); the flag travels into tokenizer.json's
+    post-processor when set here.
+    """
+    for key, value in _gguf_flags(gguf).items():
+        if bool(getattr(tok, key, False)) != value:
+            with contextlib.suppress(Exception):
+                setattr(tok, key, value)
+
+
 def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, object]:
     """Dequantize a GGUF file to a bfloat16 safetensors model folder (transformers)."""
     try:
@@ -303,6 +334,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, object]:
             ) from None
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _apply_gguf_special_token_flags(tok, gguf)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
     except Exception as exc:  # unsupported architecture, corrupt file
         raise SkillMoEError(f"transformers could not read {gguf} ({type(exc).__name__}: {exc})") from exc
@@ -323,6 +355,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> dict[str, object]:
         "architecture": (model.config.architectures or [type(model).__name__])[0],
         "parameters": sum(p.numel() for p in model.parameters()),
         "has_chat_template": bool(getattr(tok, "chat_template", None)),
+        "bos_in_prompt": bool(tok.bos_token_id is not None and tok.encode("x")[:1] == [tok.bos_token_id]),
     }
     del model, tok
     return info

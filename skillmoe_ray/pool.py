@@ -49,6 +49,10 @@ def pool_experts(cfg: Config, recorded_dir: str | None = None) -> list[ExpertCon
         if e.engine == "recorded":
             path = Path(e.model) if Path(e.model).is_absolute() else cfg.resolve_path(e.model)
             e = e.model_copy(update={"model": str(path)})
+        elif e.engine in ("vllm", "transformers") and not e.model.startswith("packaged:"):
+            local = cfg.resolve_path(e.model)  # a model folder relative to the config file
+            if local.is_dir():
+                e = e.model_copy(update={"model": str(local)})
         resolved.append(e)
     return resolved
 

@@ -17,7 +17,16 @@ def create_engine(expert: ExpertConfig, data_dir: str | None = None) -> Engine:
         args = expert.engine_args
         clock = Clock(virtual=args.get("clock", "virtual") == "virtual", scale=float(args.get("time_scale", 1.0)))
         return SimulatedEngine(expert.name, spec_from_args(expert.size_gb, args), clock, data_dir)
+    if expert.engine == "vllm":
+        # vLLM itself is imported only when the model loads: building a pool stays cheap
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(expert.name, expert.model, expert.engine_args, size_gb=expert.size_gb)
+    if expert.engine == "transformers":
+        from .transformers_engine import TransformersEngine
+
+        return TransformersEngine(expert.name, expert.model, expert.engine_args)
     raise ConfigError(
         f"expert {expert.name!r}: engine {expert.engine!r} is not available in this build "
-        "(available: recorded)"
+        "(available: recorded, simulated, vllm, transformers)"
     )

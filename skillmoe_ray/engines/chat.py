@@ -1,0 +1,93 @@
+"""Turning chat messages into model input, shared by the engines that run real models.
+
+Instruction-tuned models carry a chat template in their tokenizer and get it.
+A base model has none (the packaged Gemma 3 270M is one): its messages are
+rendered as a plain transcript
+
+    <system text>
+
+    User: <user text>
+
+    Assistant:
+
+so that a few-shot prompt reads as a document to continue; generation stops
+where the model starts writing the next ``User:`` turn. ``prompt_format`` in an
+expert's ``engine_args`` forces either way ("chat" or "plain"; default "auto").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any, Literal, Sequence
+
+PromptFormat = Literal["auto", "chat", "plain"]
+
+#: where a plain-transcript completion is cut: the model starting the next turn
+PLAIN_STOP = ("\nUser:", "\n\nUser:")
+
+
+def render_plain(messages: Sequence[dict[str, str]]) -> str:
+    parts: list[str] = []
+    for m in messages:
+        role, content = m.get("role", "user"), m.get("content", "")
+        if role == "system":
+            parts.append(content.strip())
+        elif role == "assistant":
+            parts.append(f"Assistant: {content.strip()}")
+        else:
+            parts.append(f"User: {content.strip()}")
+    parts.append("Assistant:")
+    return "\n\n".join(parts)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def use_chat(tokenizer: Any, fmt: PromptFormat = "auto") -> bool:
+    if fmt == "chat":
+        return True
+    if fmt == "plain":
+        return False
+    return has_chat_template(tokenizer)
+
+
+def encode_messages(
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    fmt: PromptFormat = "auto",
+    chat_template: str | None = None,
+) -> list[int]:
+    """Token ids of the prompt for ``messages``: chat template when there is one, else a plain transcript."""
+    if use_chat(tokenizer, fmt) or chat_template:
+        kw: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+        if chat_template:
+            kw["chat_template"] = chat_template
+        text = tokenizer.apply_chat_template(list(messages), **kw)
+        # the template writes any BOS itself
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(render_plain(messages), add_special_tokens=True))
+
+
+def request_seeds(seed: int | None, messages: Sequence[Sequence[dict[str, str]]]) -> list[int | None]:
+    """One sampling seed per request of a batch.
+
+    The same prompt twice in a batch (an expert recruited twice for one
+    question, a keyword prompt sampled k times) must give independent samples,
+    yet a request's result must not depend on what else is in the batch. So the
+    seed mixes the batch seed, the prompt and which repeat of that prompt this
+    is. ``None`` stays ``None`` (fresh randomness).
+    """
+    if seed is None:
+        return [None] * len(messages)
+    seen: Counter[str] = Counter()
+    out: list[int | None] = []
+    for msgs in messages:
+        key = json.dumps(list(msgs), sort_keys=True, ensure_ascii=False)
+        n = seen[key]
+        seen[key] += 1
+        h = hashlib.sha256(f"{seed}\0{n}\0{key}".encode("utf-8")).digest()
+        out.append(int.from_bytes(h[:4], "little") & 0x7FFFFFFF)
+    return out
