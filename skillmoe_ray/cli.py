@@ -133,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace, cfg) -> int:
     import time
 
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the answers, not vLLM's start-up chatter
     from .engines.base import GenerationRequest, SamplingSettings
     from .engines.registry import create_engine
     from .errors import ConfigError
