@@ -87,7 +87,8 @@ def bench_pool(config: str, cycles: int, engine_kind: str | None) -> tuple[list[
         nbytes = folder_bytes(path)
         rows.append({"model": e.name, "engine": e.engine, "bytes": nbytes, "cold_load_s": cold, "generate_s": gen,
                      "release_s": rel, "floor_s": nbytes / (gbps * 1e9)})
-    # alternate neighbours on one slot: every switch = release the current + load the next
+    # alternate neighbours on one slot as a worker does: every switch = park the current + load the next
+    # (vLLM on CPU has no sleep mode, so its park is a release; transformers keeps host weights)
     names = [r["model"] for r in rows]
     switches: dict[str, list[float]] = {n: [] for n in names}
     current = None
@@ -95,13 +96,13 @@ def bench_pool(config: str, cycles: int, engine_kind: str | None) -> tuple[list[
         nxt = names[i % len(names)]
         t0 = time.perf_counter()
         if current is not None:
-            engines[current].release()
+            engines[current].park()
         engines[nxt].load()
         switches[nxt].append(time.perf_counter() - t0)
         engines[nxt].generate(req, sampling)
         current = nxt
-    if current:
-        engines[current].release()
+    for eng in engines.values():
+        eng.release()
     for r in rows:
         s = switches[r["model"]]
         r["switch_median_s"] = statistics.median(s) if s else float("nan")
