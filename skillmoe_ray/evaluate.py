@@ -41,7 +41,7 @@ def standard_methods(rt: Runtime, prof: Profiles) -> list[Method]:
     methods += [
         Method("random3_vote", RandomRouter(ranking, 3), vote, seeded=True),
         Method("all_vote", FixedRouter("all", ranking), vote),
-        Method("all_weighted_vote", FixedRouter("all", ranking), WeightedVoteAggregator(prof)),
+        Method("all_weighted_vote", FixedRouter("all", ranking), WeightedVoteAggregator.from_profiles(prof)),
         Method("skillmoe_paper", PaperRouter(prof, cfg.k, cfg.temperature, cfg.usage_floor), vote, seeded=True),
     ]
     methods += own_methods(rt, prof)

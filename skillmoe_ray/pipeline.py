@@ -115,6 +115,10 @@ class LocalExecutor:
         return out
 
 
+def describe_unhealthy(unhealthy: Mapping[str, str]) -> str:
+    return "; ".join(f"{e}: {why}" for e, why in unhealthy.items())
+
+
 class ExecutorEngine(Engine):
     """An engine that lives wherever the executor keeps its models.
 
@@ -125,10 +129,7 @@ class ExecutorEngine(Engine):
     def __init__(self, executor: Executor, name: str):
         super().__init__(name)
         self.executor = executor
-        self._loaded = True
-
-    def load(self) -> None:
-        self._loaded = True
+        self._loaded = True  # the executor loads the model where it runs
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
         texts = self.executor.run({self.name: [(i, 0, r) for i, r in enumerate(requests)]}, sampling)
@@ -244,8 +245,7 @@ class Pipeline:
             return [list(s) for s in selections]
         healthy = [e for e in self._fallback_order() if e not in bad]
         if not healthy:
-            raise EngineError("every expert of the pool is out of service: "
-                              + "; ".join(f"{e}: {why}" for e, why in bad.items()))
+            raise EngineError(f"every expert of the pool is out of service: {describe_unhealthy(bad)}")
         out = []
         for sel in selections:
             new = []
@@ -272,8 +272,7 @@ class Pipeline:
                 plan[healed[qi][slot]].append((qi, slot, requests[qi]))
             texts.update(self.executor.run(dict(plan), sampling))
         if any((qi, slot) not in texts for qi, sel in enumerate(selections) for slot in range(len(sel))):
-            raise EngineError("experts kept failing to load: "
-                              + "; ".join(f"{e}: {why}" for e, why in self.executor.unhealthy.items()))
+            raise EngineError(f"experts kept failing to load: {describe_unhealthy(self.executor.unhealthy)}")
         return texts
 
     def _run_cascade(self, selections: list[list[str]], requests: Sequence[GenerationRequest],
@@ -313,6 +312,5 @@ class Pipeline:
                     still_open.append(qi)
             open_q = still_open
         if open_q:
-            raise EngineError("experts kept failing to load: "
-                              + "; ".join(f"{e}: {why}" for e, why in self.executor.unhealthy.items()))
+            raise EngineError(f"experts kept failing to load: {describe_unhealthy(self.executor.unhealthy)}")
         return answers

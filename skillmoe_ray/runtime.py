@@ -14,18 +14,17 @@ from typing import Sequence
 from tqdm import tqdm
 
 from . import __version__
-from .aggregation import build_aggregator_tasks, aggregation_prompt, select_aggregator
+from .aggregation import aggregation_prompt, build_aggregator_tasks, expert_prompt, select_aggregator
 from .config import Config, ExpertConfig
 from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .engines.registry import create_engine
 from .errors import ConfigError, DataError, EngineError
-from .pipeline import Executor, ExecutorEngine, LocalExecutor, SkillStage, group_by_expert
-from .aggregation import expert_prompt
+from .pipeline import Executor, ExecutorEngine, LocalExecutor, describe_unhealthy, SkillStage, group_by_expert
 from .pool import pool_experts, pool_fingerprint
 from .profiles import Profiles, build_profiles
 from .skills.embeddings import Embedder, get_embedder
 from .skills.extract import EmbeddingTagger, KeywordExtractor, SkillAligner, load_vocabulary
-from .tasks import Question, Task, get_task, load_questions
+from .tasks import Question, Task, load_questions
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +139,7 @@ class Runtime:
             bar.set_postfix_str(name)
             texts.update(self.executor.run({name: work}, sampling))
         if self.executor.unhealthy:
-            raise EngineError("cannot build profiles: " + "; ".join(
-                f"{e}: {why}" for e, why in self.executor.unhealthy.items()))
+            raise EngineError(f"cannot build profiles: {describe_unhealthy(self.executor.unhealthy)}")
         outputs = {e: [texts[(i, s)] for i in range(len(questions))] for s, e in enumerate(names)}
         preds = {e: [task.extract(t) for t in outputs[e]] for e in names}
         correct = {e: [task.is_correct(p, q.gold) for p, q in zip(preds[e], questions)] for e in names}
@@ -185,6 +183,3 @@ class Runtime:
         choice = select_aggregator(hits, prof.ranking())
         return {"mode": "llm", "name": choice, "hit_rates": hits, "n_tasks": len(tasks)}
 
-
-def resolve_task(name: str) -> Task:
-    return get_task(name)

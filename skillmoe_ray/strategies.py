@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from typing import TYPE_CHECKING, Sequence
 
-from .aggregation import aggregation_prompt, majority_vote, weighted_vote
+from .aggregation import aggregation_prompt, weighted_vote
 from .engines.base import GenerationRequest, SamplingSettings
 from .pipeline import ExpertAnswer, Executor
 from .profiles import Profiles
@@ -129,49 +129,42 @@ class VoteAggregator:
     def _rank(self, answers: Sequence[ExpertAnswer]) -> list[int]:
         return [self.rank.get(a.expert, len(self.rank)) for a in answers]
 
+    def _weight(self, expert: str) -> float:
+        return 1.0
+
     def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                   executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
         out = []
         for ans in answers:
-            pred = majority_vote([a.pred for a in ans], self._rank(ans), task)
+            pred = weighted_vote([a.pred for a in ans], [self._weight(a.expert) for a in ans], self._rank(ans), task)
             out.append((pred, _winning_response(ans, pred, task), self.name))
         return out
 
 
 class WeightedVoteAggregator(VoteAggregator):
-    """Votes weighted by each expert's validation log-odds, log(acc / (1 - acc)) shifted to stay positive."""
+    """Votes weighted per expert; from profiles: validation log-odds, log(acc / (1 - acc)) shifted positive."""
 
     name = "weighted_vote"
 
-    def __init__(self, profiles: Profiles):
-        super().__init__(profiles.ranking())
-        self.weights = log_odds_weights(profiles.accuracy)
+    def __init__(self, ranking: Sequence[str], weights: dict[str, float]):
+        super().__init__(ranking)
+        self.weights = dict(weights)
 
     @classmethod
-    def from_weights(cls, ranking: Sequence[str], weights: dict[str, float]) -> "WeightedVoteAggregator":
-        agg = cls.__new__(cls)
-        VoteAggregator.__init__(agg, ranking)
-        agg.weights = dict(weights)
-        return agg
+    def from_profiles(cls, profiles: Profiles) -> "WeightedVoteAggregator":
+        return cls(profiles.ranking(), log_odds_weights(profiles.accuracy))
 
-    def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
-                  executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
-        out = []
-        for ans in answers:
-            pred = weighted_vote([a.pred for a in ans], [self.weights.get(a.expert, 0.0) for a in ans],
-                                 self._rank(ans), task)
-            out.append((pred, _winning_response(ans, pred, task), self.name))
-        return out
+    def _weight(self, expert: str) -> float:
+        return self.weights.get(expert, 0.0)
 
 
 class LLMAggregator:
     """An aggregator model reads the experts' chains of thought and answers (the paper's last step)."""
 
-    def __init__(self, model: str, max_tokens: int = 4096, fallback: VoteAggregator | None = None):
+    def __init__(self, model: str, max_tokens: int = 4096):
         self.model = model
         self.name = f"llm:{model}"
         self.max_tokens = max_tokens
-        self.fallback = fallback
 
     def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                   executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
@@ -220,5 +213,5 @@ def make_aggregator(aggregation: "AggregationConfig", profiles: Profiles):
         name = aggregation.aggregator or profiles.aggregator.get("name")
         return LLMAggregator(name, aggregation.max_tokens)
     if aggregation.mode == "weighted_vote":
-        return WeightedVoteAggregator(profiles)
+        return WeightedVoteAggregator.from_profiles(profiles)
     return VoteAggregator(profiles.ranking())

@@ -1,6 +1,6 @@
 import pytest
 
-from skillmoe_ray.engines.base import Engine, GenerationRequest, SamplingSettings
+from skillmoe_ray.engines.base import Engine
 from skillmoe_ray.skills.embeddings import get_embedder
 from skillmoe_ray.skills.extract import (
     KEYWORD_PROMPT,

@@ -21,7 +21,6 @@ from collections import Counter
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
@@ -47,22 +46,18 @@ class _Error(Exception):
         self.headers = headers
 
 
-_BODY_METHODS = {"POST", "PUT", "PATCH"}
-
-
 def _error(status: int, message: str, headers: "dict[str, str] | None" = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message}}, headers=headers)
 
 
-def check_access(request: Request, api_key: "str | None") -> "JSONResponse | None":
-    """401 unless the bearer token matches (compared in constant time); /healthz is open."""
+def check_access(request: Request, api_key: "str | None") -> None:
+    """Raises a 401 unless the bearer token matches (compared in constant time); /healthz is open."""
     if not api_key or request.url.path.endswith("/healthz"):
-        return None
+        return
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    if hmac.compare_digest(token.encode(), api_key.encode()):
-        return None
-    return _error(401, "missing or wrong API key (Authorization: Bearer <key>)", {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.encode(), api_key.encode()):
+        raise _Error(401, "missing or wrong API key (Authorization: Bearer <key>)", {"WWW-Authenticate": "Bearer"})
 
 
 async def read_json_body(request: Request, max_bytes: int) -> Any:
@@ -102,13 +97,6 @@ def read_api_key(env_name: str, file: "str | None") -> "str | None":
             raise SkillMoEError(f"{file}: serving.api_key_file cannot be read or is empty") from None
         return key or None
     return os.environ.get(env_name) or None
-
-
-@api.exception_handler(RequestValidationError)
-async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]} for e in exc.errors()]
-    detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
-    return JSONResponse(status_code=422, content={"error": {"message": detail, "fields": errors}})
 
 
 class RemoteAggregator:
@@ -291,11 +279,8 @@ class SkillMoEIngress:
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": SolveRequest.model_json_schema()}}}})
     async def solve(self, request: Request):
-        denied = check_access(request, self.api_key)
-        if denied:
-            return denied
         try:
-            body = validate(SolveRequest, await read_json_body(request, self.max_body))
+            body = await self._body(request, SolveRequest)
             return await self._solve(body.question, body.task)
         except _Error as e:
             return _error(e.status, e.message, e.headers)
@@ -304,11 +289,8 @@ class SkillMoEIngress:
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": ChatRequest.model_json_schema()}}}})
     async def chat(self, request: Request):
-        denied = check_access(request, self.api_key)
-        if denied:
-            return denied
         try:
-            body = validate(ChatRequest, await read_json_body(request, self.max_body))
+            body = await self._body(request, ChatRequest)
             if body.stream:
                 raise _Error(400, "stream=true is not supported")
             users = [m.content for m in body.messages if m.role == "user"]
@@ -319,12 +301,17 @@ class SkillMoEIngress:
             return _error(e.status, e.message, e.headers)
         return chat_response(body.model, solved, int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}")
 
+    async def _body(self, request: Request, model: Any) -> Any:
+        """Access first, then the body's shape: a bad request costs no batch slot."""
+        check_access(request, self.api_key)
+        return validate(model, await read_json_body(request, self.max_body))
+
     @api.get("/v1/pool")
     async def pool(self, request: Request):
-        denied = check_access(request, self.api_key)
-        if denied:
-            return denied
-
+        try:
+            check_access(request, self.api_key)
+        except _Error as e:
+            return _error(e.status, e.message, e.headers)
         infos = await asyncio.gather(*[w.info.remote() for w in self.workers])
         try:
             agg = await asyncio.wait_for(self.aggregator.info.remote(), timeout=10)

@@ -128,7 +128,7 @@ class AggregatorWorker:
             return agg.aggregate(task, questions, answers, executor, seed)
         ranking = self.ranking_by_task.get(task_name, [])
         if self.mode == "weighted_vote":
-            agg = WeightedVoteAggregator.from_weights(ranking, self.weights_by_task.get(task_name, {}))
+            agg = WeightedVoteAggregator(ranking, self.weights_by_task.get(task_name, {}))
         else:
             agg = VoteAggregator(ranking)
         return agg.aggregate(task, questions, answers, None, seed)  # type: ignore[arg-type]
