@@ -104,6 +104,12 @@ class ServingConfig(_Strict):
     cpus_per_worker: float = Field(default=1, ge=0)
     #: swappable models a worker keeps loaded at once (its device budget, in models)
     models_per_worker: int = Field(default=1, ge=1)
+    #: host memory (GB) a worker may fill with parked models, which come back with a wake
+    #: instead of a cold start; unset: no limit, 0: no host tier (evicted models are freed)
+    host_budget_gb: float | None = Field(default=None, ge=0)
+    #: read the next model's weights into host memory while the current one generates
+    #: (engines that can: transformers, simulated; vLLM builds its engine at load)
+    prefetch: bool = True
     aggregator_gpus: float = Field(default=0, ge=0)
     batch_window_s: float = Field(default=0.05, ge=0)
     max_batch_size: int = Field(default=64, ge=1)

@@ -12,7 +12,17 @@ that question alone, as a per-request system would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
+
+
+class Costs(Protocol):
+    """What the planner needs to know about time: loads (cold, or a wake from host memory) and batches."""
+
+    def load(self, expert: str) -> float: ...
+
+    def wake(self, expert: str) -> float: ...
+
+    def generate(self, expert: str, n: int) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -28,9 +38,14 @@ class CostModel:
     default_load_s: float = 1.0
     default_per_prompt_s: float = 0.1
     batch_overhead_s: float = 0.0
+    #: a parked model's wake costs this fraction of its cold load
+    wake_fraction: float = 0.1
 
     def load(self, expert: str) -> float:
         return self.load_s.get(expert, self.default_load_s)
+
+    def wake(self, expert: str) -> float:
+        return self.wake_fraction * self.load(expert)
 
     def generate(self, expert: str, n: int) -> float:
         return self.batch_overhead_s + n * self.per_prompt_s.get(expert, self.default_per_prompt_s) if n else 0.0
@@ -44,15 +59,23 @@ class WorkerState:
     busy_s: float = 0.0
     #: models the worker can hold at once (device budget in models)
     capacity: int = 1
+    #: models parked in the worker's host memory (a wake away)
+    parked: frozenset[str] = frozenset()
 
 
 @dataclass
 class Assignment:
-    """Per worker, the experts to run in order; the planner's predicted finishing times."""
+    """Per worker, the experts to run in order, and how many of each expert's prompts it takes.
+
+    An expert is normally on one worker; a long job may be split over several
+    workers (each loads the expert and takes a share of its prompts).
+    """
 
     jobs: dict[int, list[str]]
     finish_s: dict[int, float]
     loads: int
+    #: worker -> expert -> prompts of that expert it runs
+    shares: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
     def makespan_s(self) -> float:
@@ -61,40 +84,87 @@ class Assignment:
     def worker_of(self) -> dict[str, int]:
         return {e: w for w, experts in self.jobs.items() for e in experts}
 
+    def workers_of(self, expert: str) -> list[tuple[int, int]]:
+        """(worker, prompts) for every worker that runs ``expert``, in worker order."""
+        return [(w, sh[expert]) for w, sh in sorted(self.shares.items()) if expert in sh]
 
-def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: CostModel) -> Assignment:
-    """Expert-grouped, residency-aware, load-balanced assignment of a batch's work.
 
-    ``work`` maps each expert to its number of prompts in the batch.
-    """
-    if not workers:
-        raise ValueError("no workers to plan onto")
+def _split(n: int, parts: int) -> list[int]:
+    base, extra = divmod(n, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def _list_schedule(work: Mapping[str, int], parts: Mapping[str, int], workers: Sequence[WorkerState],
+                   cost: Costs) -> Assignment:
     finish = {w.wid: w.busy_s for w in workers}
     resident = {w.wid: list(w.resident) for w in workers}
+    parked = {w.wid: set(w.parked) for w in workers}
     capacity = {w.wid: max(1, w.capacity) for w in workers}
     jobs: dict[int, list[str]] = {w.wid: [] for w in workers}
+    shares: dict[int, dict[str, int]] = {w.wid: {} for w in workers}
     loads = 0
 
-    def job_cost(e: str, wid: int) -> float:
-        return (0.0 if e in resident[wid] else cost.load(e)) + cost.generate(e, work[e])
+    def job_cost(e: str, n: int, wid: int) -> float:
+        if e in resident[wid]:
+            bring = 0.0
+        elif e in parked[wid]:
+            bring = cost.wake(e)
+        else:
+            bring = cost.load(e)
+        return bring + cost.generate(e, n)
 
     # experts already resident somewhere first (they run before any swap), then longest first
     anywhere = {e for w in workers for e in w.resident}
-    order = sorted((e for e, n in work.items() if n > 0),
-                   key=lambda e: (e not in anywhere, -(cost.load(e) + cost.generate(e, work[e])), e))
-    for e in order:
-        wid = min(finish, key=lambda w: (finish[w] + job_cost(e, w), e not in resident[w], w))
-        finish[wid] += job_cost(e, wid)
+    pieces = [(e, n) for e, total in work.items() if total > 0 for n in _split(total, parts.get(e, 1)) if n > 0]
+    pieces.sort(key=lambda p: (p[0] not in anywhere, -(cost.load(p[0]) + cost.generate(p[0], p[1])), p[0]))
+    for e, n in pieces:
+        free = [w for w in finish if e not in shares[w]] or list(finish)  # a split's pieces go to different workers
+        wid = min(free, key=lambda w: (finish[w] + job_cost(e, n, w), e not in resident[w], w))
+        finish[wid] += job_cost(e, n, wid)
         if e not in resident[wid]:
             loads += 1
             resident[wid].append(e)
             if len(resident[wid]) > capacity[wid]:
-                resident[wid].pop(0)
-        jobs[wid].append(e)
-    return Assignment(jobs, finish, loads)
+                parked[wid].add(resident[wid].pop(0))
+        if e not in shares[wid]:
+            jobs[wid].append(e)
+        shares[wid][e] = shares[wid].get(e, 0) + n
+    return Assignment(jobs, finish, loads, shares)
 
 
-def plan_naive(selections: Sequence[Sequence[str]], n_workers: int, cost: CostModel) -> Assignment:
+def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: Costs,
+                 split: bool = True) -> Assignment:
+    """Expert-grouped, residency-aware, load-balanced assignment of a batch's work.
+
+    ``work`` maps each expert to its number of prompts in the batch. Each
+    expert's job (load, unless resident or parked there, plus generation) goes
+    to the worker where it would finish earliest, longest job first. With
+    ``split``, a job that sets the makespan is then split over one more worker
+    at a time (each piece pays its own load) for as long as that shortens the
+    batch: one expert holding most of a batch's prompts would otherwise leave
+    the other workers idle.
+    """
+    if not workers:
+        raise ValueError("no workers to plan onto")
+    parts = {e: 1 for e in work}
+    best = _list_schedule(work, parts, workers, cost)
+    if not split:
+        return best
+    while True:
+        critical = max(best.finish_s, key=lambda w: best.finish_s[w])
+        candidates = [e for e in best.jobs[critical] if parts[e] < min(len(workers), work[e])]
+        if not candidates:
+            return best
+        # the critical worker's longest job is the one worth spreading
+        e = max(candidates, key=lambda x: cost.generate(x, best.shares[critical][x]))
+        trial_parts = dict(parts, **{e: parts[e] + 1})
+        trial = _list_schedule(work, trial_parts, workers, cost)
+        if trial.makespan_s >= best.makespan_s - 1e-9:
+            return best
+        parts, best = trial_parts, trial
+
+
+def plan_naive(selections: Sequence[Sequence[str]], n_workers: int, cost: Costs) -> Assignment:
     """Per-question execution: question i goes to worker i mod W, which loads each of its experts for it."""
     finish = {w: 0.0 for w in range(n_workers)}
     jobs: dict[int, list[str]] = {w: [] for w in range(n_workers)}

@@ -1,13 +1,16 @@
-"""The worker's residency policy: plan-aware eviction (Belady) with a model budget."""
+"""The worker's residency policy: device, host and disk tiers, plan-aware eviction (Belady), prefetch."""
+
+import pytest
 
 from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
 from skillmoe_ray.engines.simulated import Clock, CostConstants, SimulatedEngine, SimulatedSpec
 from skillmoe_ray.serving.workers import ExpertWorker
 
 
-def worker_with(names, capacity, clock):
-    w = ExpertWorker(0, [], capacity=capacity)
-    consts = CostConstants(load_fixed_s=10, load_gbps=1e9, step_fixed_s=0, step_per_seq_s=0.001, out_tokens=1)
+def worker_with(names, capacity, clock, host_budget_gb=None, prefetch=False):
+    w = ExpertWorker(0, [], capacity=capacity, host_budget_gb=host_budget_gb, prefetch=prefetch)
+    consts = CostConstants(load_fixed_s=10, load_gbps=1e9, wake_fixed_s=1, h2d_gbps=1e9, step_fixed_s=0,
+                           step_per_seq_s=0.001, out_tokens=1)
     for n in names:
         w.engines[n] = SimulatedEngine(n, SimulatedSpec(size_gb=1, constants=consts), clock)
     return w
@@ -22,8 +25,10 @@ def test_evicts_the_model_needed_furthest_ahead():
     w = worker_with("abc", capacity=2, clock=clock)
     # a b c a b: when c arrives, a is needed next and b after it, so b (furthest) goes
     w.run(jobs("abcab"), SamplingSettings())
-    loads = {n: e.loads for n, e in w.engines.items()}
-    assert loads == {"a": 1, "b": 2, "c": 1} and w.loads == 4
+    loads = {n: e.loads + e.wakes for n, e in w.engines.items()}
+    assert loads == {"a": 1, "b": 2, "c": 1} and w.loads + w.wakes == 4
+    # b was parked in host memory (no budget set), so coming back was a wake, not a cold load
+    assert w.engines["b"].wakes == 1 and w.loads == 3
 
 
 def test_lru_would_do_worse_on_the_same_plan():
@@ -46,5 +51,44 @@ def test_capacity_one_swaps_every_change_and_never_exceeds_budget():
     w = worker_with("ab", capacity=1, clock=clock)
     out = w.run(jobs("aabba"), SamplingSettings())
     assert len(out["texts"]) == 5
-    assert w.loads == 3 and len([e for e in w.engines.values() if e.loaded]) == 1
+    assert w.loads + w.wakes == 3 and len([e for e in w.engines.values() if e.loaded]) == 1
     assert out["stats"]["resident"] == ["a"]
+
+
+def test_no_host_budget_means_every_swap_is_a_cold_load():
+    clock = Clock()
+    w = worker_with("ab", capacity=1, clock=clock, host_budget_gb=0)
+    w.run(jobs("abab"), SamplingSettings())
+    assert (w.loads, w.wakes) == (4, 0) and not any(e.parked for e in w.engines.values())
+    assert clock.elapsed_s == pytest.approx(4 * 10 + 4 * 0.001, rel=1e-3)
+
+
+def test_host_tier_turns_cold_loads_into_wakes_within_its_budget():
+    clock = Clock()
+    w = worker_with("ab", capacity=1, clock=clock, host_budget_gb=1.0)  # room for one parked 1 GB model
+    w.run(jobs("abab"), SamplingSettings())
+    assert (w.loads, w.wakes) == (2, 2)
+    assert clock.elapsed_s == pytest.approx(2 * 10 + 2 * 1 + 4 * 0.001, rel=1e-3)
+
+
+def test_host_budget_keeps_the_parked_model_needed_soonest():
+    clock = Clock()
+    w = worker_with("abc", capacity=1, clock=clock, host_budget_gb=1.0)
+    # after a, b: parked {a}; c arrives: b must go to host, a is needed later than b, so a is released
+    w.run(jobs("abcba"), SamplingSettings())
+    assert w.engines["b"].wakes == 1 and w.engines["a"].loads == 2 and w._host_used_gb() <= 1.0
+
+
+def test_prefetch_reads_the_next_model_while_the_current_one_generates():
+    clock = Clock()
+    w = worker_with("abc", capacity=1, clock=clock, host_budget_gb=2.0, prefetch=True)
+    w.run(jobs("abc"), SamplingSettings())
+    # a loads cold; b and c were read into host memory during the job before theirs, so they only wake
+    assert (w.loads, w.wakes, w.prefetches) == (1, 2, 2)
+
+
+def test_prefetch_respects_the_host_budget():
+    clock = Clock()
+    w = worker_with("abc", capacity=1, clock=clock, host_budget_gb=0, prefetch=True)
+    w.run(jobs("abc"), SamplingSettings())
+    assert (w.loads, w.wakes, w.prefetches) == (3, 0, 0)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from skillmoe_ray.config import ExpertConfig
@@ -15,8 +17,23 @@ def test_cost_model_formulas():
     assert c.generate_s(4) == pytest.approx(100 * 0.014)
     # batching: 4 prompts in one batch cost far less than 4 single runs
     assert c.generate_s(4) < 4 * c.generate_s(1) / 2
-    # past max_batch the work runs in waves
-    assert c.generate_s(10) == pytest.approx(100 * (0.01 + 8 * 0.001) + 100 * (0.01 + 2 * 0.001))
+    # past max_batch, continuous batching is throughput-bound: 1000 tokens, 8 sequences at a time
+    assert c.generate_s(10) == pytest.approx(10 * 100 / 8 * (0.01 + 8 * 0.001))
+    # the KV cache caps concurrency: 1000 tokens of KV hold 2 sequences of 100 + a 400-token prompt
+    kv = CostConstants(step_fixed_s=0.01, step_per_seq_s=0.0, out_tokens=100, kv_tokens=1000, prompt_tokens=400)
+    assert kv.concurrency(100) == 2 and kv.generate_s(10) == pytest.approx(10 * 100 / 2 * 0.01)
+    # tensor parallel divides a step by 1 + (g - 1) * efficiency
+    assert c.generate_s(4, tp=4) == pytest.approx(c.generate_s(4) / (1 + 3 * c.tp_efficiency))
+
+
+def test_lengths_cut_at_the_cap():
+    c = CostConstants(out_tokens=1000, cap_tokens=4000)
+    longest1, mean = c.lengths(1)
+    assert mean == pytest.approx(1000 * (1 - math.exp(-4)))
+    assert longest1 == pytest.approx(mean)  # one response: its expected length
+    longest, _ = c.lengths(200)
+    assert 3500 < longest < 4000  # 200 responses: the longest nearly reaches the cap
+    assert c.lengths(200, cap=0)[0] == 1000  # no cap: fixed lengths
 
 
 def test_virtual_clock_adds_load_once_and_generation_per_batch():

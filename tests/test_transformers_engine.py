@@ -30,12 +30,28 @@ def test_packaged_model_answers_in_batches_and_parks():
         size = e.resident_bytes()
         assert size > 200e6  # 135M parameters in bf16
         e.park()  # CPU: the weights stay in host memory, ready to come back at once
-        assert not e.loaded and e.resident_bytes() == size
+        assert not e.loaded and e.parked and e.resident_bytes() == 0 and e.host_bytes() == size
         e.load()
         assert e.generate([capital], GREEDY) == out[:1]
     finally:
         e.release()
-    assert e.resident_bytes() == 0
+    assert e.resident_bytes() == 0 and e.host_bytes() == 0 and not e.parked
+
+
+@pytest.mark.slow
+def test_prefetch_reads_the_weights_in_the_background():
+    """A prefetched model loads without reading the disk again, and answers as itself."""
+    e = create_engine(ExpertConfig(name="smol", engine="transformers", model="packaged:smollm2-135m",
+                                   engine_args={"threads": 1}))
+    assert e.prefetch() and not e.prefetch()  # one read at a time
+    e.load()  # waits for the read, then nothing is left to do on a CPU
+    try:
+        assert e.loaded and e.resident_bytes() > 200e6
+        out = e.generate([GenerationRequest.user("What is the capital of France? Answer in one short sentence.")],
+                         GREEDY)
+        assert "paris" in out[0].lower()
+    finally:
+        e.release()
 
 
 def test_cuda_without_a_gpu_is_a_clear_error():

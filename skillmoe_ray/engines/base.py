@@ -80,6 +80,23 @@ class Engine(ABC):
         """
         self.release()
 
+    @property
+    def parked(self) -> bool:
+        """True while the model waits in host memory (a load is then a wake, not a cold start)."""
+        return False
+
+    def prefetch(self) -> bool:
+        """Start bringing the weights from disk into host memory in the background.
+
+        Called by a worker for its next model while the current one generates.
+        Returns False where the engine cannot (vLLM builds its engine at load).
+        """
+        return False
+
+    def host_bytes(self) -> int:
+        """Host memory held for a parked (or prefetched) model."""
+        return 0
+
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
         """One response text per request, in order."""

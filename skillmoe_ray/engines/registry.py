@@ -16,7 +16,8 @@ def create_engine(expert: ExpertConfig, data_dir: str | None = None) -> Engine:
 
         args = expert.engine_args
         clock = Clock(virtual=args.get("clock", "virtual") == "virtual", scale=float(args.get("time_scale", 1.0)))
-        return SimulatedEngine(expert.name, spec_from_args(expert.size_gb, args), clock, data_dir)
+        return SimulatedEngine(expert.name, spec_from_args(expert.size_gb, args), clock, data_dir,
+                               tp=int(args.get("tensor_parallel_size", 1)))
     if expert.engine == "vllm":
         # vLLM itself is imported only when the model loads: building a pool stays cheap
         from .vllm_engine import VLLMEngine

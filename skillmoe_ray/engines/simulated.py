@@ -5,22 +5,41 @@ GPUs) on a machine without GPUs. Answers are drawn per question and skill; time
 is either slept for real (scaled down, so Ray actors, queues and the planner
 run for real) or added to a virtual clock for fast sweeps.
 
-Cost model (constants in :class:`CostConstants`, defaults from published
-figures; ``benchmarks/latency.py`` refits them to the paper's Table 6):
+Cost model (constants in :class:`CostConstants`; ``benchmarks/latency.py`` fits
+the two that matter most to the paper's Table 6 and checks the rest):
 
-* load(size)        = load_fixed_s + size_gb / load_gbps
-  A cold vLLM start is 30-60 s for an 8B model (engine init, CUDA graphs);
-  weights alone over PCIe Gen5 take ~0.3 s for 16 GB, from disk ~8 s at 2 GB/s.
-* generate(n, T)    = T * step_s(n), step_s(n) = step_fixed_s + n * step_per_seq_s
-  Decoding is memory-bound: one step reads all weights once (16 GB at ~2 TB/s
-  HBM: ~8 ms for an 8B model) and each extra sequence in the batch adds a
-  little (KV-cache reads), so a batch of n costs far less than n single runs.
-  T is the number of generated tokens (mean ``out_tokens``).
+* Cold load (from disk) = ``load_fixed_s + size_gb / load_gbps``. A cold vLLM
+  start is 30-60 s for an 8B model (engine init, CUDA graphs); the weights
+  alone from disk take ~8 s at 2 GB/s.
+* Wake (from host memory) = ``wake_fixed_s + size_gb / h2d_gbps``: a model
+  parked in (pinned) host memory comes back with one host-to-device copy,
+  ~0.3 s for 16 GB over PCIe Gen5 (~55 GB/s); vLLM's own sleep/wake takes
+  about 2.2 s for 8B.
+* ``release_s`` is paid after a model is released: the reference
+  implementation sleeps 10 s after each expert.
+* Generation: a response's length is exponential with mean ``out_tokens``,
+  cut at ``cap_tokens`` (the max_tokens setting; 0 means every response has
+  exactly ``out_tokens``). Decoding is memory-bound: one step reads all the
+  weights once (``step_fixed_s``) and each running sequence adds its KV-cache
+  reads: ``step_per_seq_s + kv_s_per_token * context``, where a sequence's
+  context averages ``prompt_tokens + E[length]`` over its life (exponential
+  lengths). An 8B Llama holds 128 KiB of KV per token; read at ~1.5 TB/s
+  that is ~8.5e-8 s per token per step. A batch of n runs until its longest response
+  ends, so it costs ``step_fixed_s * E[longest of n] + step_per_seq_s * n *
+  E[length]``: batching is almost free until the batch's longest response
+  reaches the cap. For exponential lengths E[longest of n, cut at c] is
+  ``mean * sum_{k=1..n} (1 - exp(-c/mean))**k / k``. A GPU runs at most
+  ``max_batch`` sequences at once, and fewer when the KV cache (``kv_tokens``)
+  is full: ``kv_tokens / (prompt_tokens + E[length])`` of them. Past that,
+  continuous batching is throughput-bound: all n * E[length] tokens, c at a
+  time. A batch takes the larger of the two bounds.
+* Tensor parallel over g GPUs divides a step by ``1 + (g - 1) * tp_efficiency``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import threading
 import time
@@ -36,24 +55,76 @@ from .base import Engine, GenerationRequest, SamplingSettings
 class CostConstants:
     load_fixed_s: float = 20.0
     load_gbps: float = 2.0
+    wake_fixed_s: float = 0.2
+    h2d_gbps: float = 25.0
+    release_s: float = 0.0
     step_fixed_s: float = 0.010
     step_per_seq_s: float = 0.0004
     out_tokens: int = 1000
-    #: a GPU holds this many sequences at once; bigger batches run in waves
+    #: longest response (max_tokens); 0: every response is exactly ``out_tokens`` long
+    cap_tokens: int = 0
+    #: a GPU runs at most this many sequences at once (continuous batching) ...
     max_batch: int = 256
+    #: ... and fewer when their KV cache (tokens it can hold; 0: no limit) is full
+    kv_tokens: int = 0
+    prompt_tokens: int = 300
+    #: seconds a step spends reading one token of one sequence's KV cache
+    kv_s_per_token: float = 0.0
+    tp_efficiency: float = 0.5
 
     def load_s(self, size_gb: float) -> float:
+        """Cold load from disk."""
         return self.load_fixed_s + size_gb / self.load_gbps
 
-    def generate_s(self, n: int, out_tokens: int | None = None) -> float:
+    def wake_s(self, size_gb: float) -> float:
+        """Load of a model parked in host memory."""
+        return self.wake_fixed_s + size_gb / self.h2d_gbps
+
+    def disk_to_host_s(self, size_gb: float) -> float:
+        """Reading the weights into host memory (what a prefetch overlaps with generation)."""
+        return size_gb / self.load_gbps
+
+    def lengths(self, n: int, cap: int | None = None) -> tuple[float, float]:
+        """(expected longest response of n, expected response length), in tokens."""
+        mean = float(self.out_tokens)
+        cap = self.cap_tokens if cap is None else cap
+        if n <= 0 or mean <= 0:
+            return 0.0, 0.0
+        if cap <= 0:
+            return mean, mean
+        if cap <= mean * 1e-9:
+            return float(cap), float(cap)
+        u = 1.0 - math.exp(-cap / mean)
+        longest = mean * sum(u**k / k for k in range(1, n + 1))
+        return longest, mean * u
+
+    def concurrency(self, mean_len: float) -> int:
+        """Sequences that run at once: ``max_batch``, or fewer when the KV cache fills first."""
+        c = self.max_batch
+        if self.kv_tokens > 0:
+            c = min(c, int(self.kv_tokens // max(1.0, self.prompt_tokens + mean_len)))
+        return max(1, c)
+
+    def generate_s(self, n: int, out_tokens: int | None = None, tp: int = 1) -> float:
+        """Seconds for a batch of n prompts; ``out_tokens`` caps the lengths (a request's max_tokens)."""
         if n <= 0:
             return 0.0
-        tokens = self.out_tokens if out_tokens is None else out_tokens
-        waves, rest = divmod(n, self.max_batch)
-        total = waves * tokens * (self.step_fixed_s + self.max_batch * self.step_per_seq_s)
-        if rest:
-            total += tokens * (self.step_fixed_s + rest * self.step_per_seq_s)
-        return total
+        consts = self
+        if out_tokens is not None:
+            if self.cap_tokens > 0:
+                consts = replace(self, cap_tokens=min(self.cap_tokens, out_tokens))
+            else:
+                consts = replace(self, out_tokens=min(self.out_tokens, out_tokens))
+        longest, mean = consts.lengths(n)
+        c = self.concurrency(mean)
+        # a sequence's step reads its KV cache: prompt + mean tokens on average over its life
+        per_seq = self.step_per_seq_s + self.kv_s_per_token * (self.prompt_tokens + mean)
+        # latency bound: the longest response, with every sequence's reads on the way
+        latency = self.step_fixed_s * longest + per_seq * n * mean
+        # throughput bound (continuous batching): all tokens, c sequences at a time
+        throughput = n * mean / c * (self.step_fixed_s + c * per_seq)
+        speedup = 1.0 + (max(1, tp) - 1) * self.tp_efficiency
+        return max(latency, throughput) / speedup
 
 
 class Clock:
@@ -82,22 +153,81 @@ class SimulatedSpec:
 
 
 class SimulatedEngine(Engine):
-    def __init__(self, name: str, spec: SimulatedSpec, clock: Clock | None = None, data_dir: str | None = None):
+    """Tiers: on the device (loaded), parked in host memory, or on disk.
+
+    ``prefetch`` reads a model's weights from disk into host memory in the
+    background (with a real clock it sleeps on its own thread, so it overlaps
+    whatever the worker does meanwhile; a virtual clock counts it as fully
+    overlapped). A load then costs a wake instead of a cold start.
+    """
+
+    def __init__(self, name: str, spec: SimulatedSpec, clock: Clock | None = None, data_dir: str | None = None,
+                 tp: int = 1):
         super().__init__(name)
         self.spec = spec
         self.clock = clock or Clock(virtual=True)
         self.data_dir = data_dir
+        self.tp = max(1, tp)
         self.loads = 0
+        self.wakes = 0
+        self._parked = False
+        self._prefetch: threading.Thread | None = None
         self._golds: dict[str, str] = {}
 
+    @property
+    def parked(self) -> bool:
+        return self._parked
+
+    @property
+    def size_gb(self) -> float:
+        return self.spec.size_gb
+
     def load(self) -> None:
-        if not self._loaded:
-            self.clock.spend(self.spec.constants.load_s(self.spec.size_gb))
+        if self._loaded:
+            return
+        if self._prefetch is not None:
+            self._prefetch.join()
+            self._prefetch = None
+        consts, size = self.spec.constants, self.spec.size_gb
+        if self._parked:
+            self.clock.spend(consts.wake_s(size))
+            self.wakes += 1
+        else:
+            self.clock.spend(consts.load_s(size))
             self.loads += 1
+        self._parked = False
         super().load()
+
+    def park(self) -> None:
+        self._loaded = False
+        self._parked = True
+
+    def release(self) -> None:
+        was_held = self._loaded or self._parked
+        self._loaded = False
+        self._parked = False
+        if was_held:
+            self.clock.spend(self.spec.constants.release_s)
+
+    def prefetch(self) -> bool:
+        if self._loaded or self._parked or self._prefetch is not None:
+            return False
+        seconds = self.spec.constants.disk_to_host_s(self.spec.size_gb)
+
+        def read() -> None:
+            if not self.clock.virtual:
+                time.sleep(seconds * self.clock.scale)
+            self._parked = True
+
+        self._prefetch = threading.Thread(target=read, name=f"prefetch-{self.name}", daemon=True)
+        self._prefetch.start()
+        return True
 
     def resident_bytes(self) -> int:
         return int(self.spec.size_gb * 1e9) if self._loaded else 0
+
+    def host_bytes(self) -> int:
+        return int(self.spec.size_gb * 1e9) if (self._parked or self._prefetch is not None) else 0
 
     def accuracy_for(self, skills: list[str]) -> float:
         known = [self.spec.skill_accuracy[s] for s in skills if s in self.spec.skill_accuracy]
@@ -139,8 +269,7 @@ class SimulatedEngine(Engine):
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
         self.ensure_loaded()
-        tokens = min(sampling.max_tokens, self.spec.constants.out_tokens)
-        self.clock.spend(self.spec.constants.generate_s(len(requests), tokens))
+        self.clock.spend(self.spec.constants.generate_s(len(requests), sampling.max_tokens, self.tp))
         return [self._answer(r, sampling) for r in requests]
 
 

@@ -15,6 +15,7 @@ there, releasing frees them.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ class TransformersEngine(Engine):
         self.tokenizer: Any = None
         self.device: str = "cpu"
         self._host: dict[str, Any] | None = None  # pinned host copies (GPU only)
+        self._prefetch: threading.Thread | None = None
         self.last_load_s = 0.0
 
     # ------------------------------------------------------------------ life cycle
@@ -50,16 +52,18 @@ class TransformersEngine(Engine):
         import torch
 
         t0 = time.perf_counter()
-        if self.model is not None and self._host is not None:  # parked on a GPU box: one H2D copy
+        self._join_prefetch()
+        if self.model is None:
+            self._read_to_host(torch)
+        if self._host is not None:  # on a GPU box: one host-to-device copy of the pinned weights
             for pname, p in self.model.named_parameters():
                 p.data = self._host[pname].to(self.device, non_blocking=True)
             torch.cuda.synchronize()
-        elif self.model is None:
-            self._cold_load(torch)
         self.last_load_s = time.perf_counter() - t0
         super().load()
 
-    def _cold_load(self, torch: Any) -> None:
+    def _read_to_host(self, torch: Any) -> None:
+        """Disk to host memory (pinned on a GPU box): the part of a load a prefetch can overlap."""
         from ..models import resolve_model
 
         try:
@@ -72,20 +76,54 @@ class TransformersEngine(Engine):
         path = resolve_model(self.spec)
         dtype = getattr(torch, str(self.args.get("dtype", "bfloat16")))
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         except Exception as exc:
             raise EngineError(f"expert {self.name!r}: cannot load {self.spec!r} with transformers ({exc})") from None
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
         model.eval()
         if self.device.startswith("cuda"):
             self._host = {n: p.data.pin_memory() for n, p in model.named_parameters()}
             for n, p in model.named_parameters():
-                p.data = self._host[n].to(self.device, non_blocking=True)
-            torch.cuda.synchronize()
-        self.model = model
+                p.data = self._host[n]
+        self.tokenizer, self.model = tokenizer, model
+
+    def prefetch(self) -> bool:
+        """Read the weights into host memory on a background thread while another model generates."""
+        if self.model is not None or self._prefetch is not None:
+            return False
+        import torch
+
+        def read() -> None:
+            try:
+                self._read_to_host(torch)
+            except EngineError as exc:
+                self._prefetch_error = exc
+
+        self._prefetch_error: EngineError | None = None
+        self._prefetch = threading.Thread(target=read, name=f"prefetch-{self.name}", daemon=True)
+        self._prefetch.start()
+        return True
+
+    def _join_prefetch(self) -> None:
+        if self._prefetch is None:
+            return
+        self._prefetch.join()
+        self._prefetch = None
+        if self._prefetch_error is not None:
+            raise self._prefetch_error
+
+    @property
+    def parked(self) -> bool:
+        return self.model is not None and not self._loaded
+
+    def host_bytes(self) -> int:
+        """Bytes of a parked model (in pinned host memory on a GPU box, in RAM on a CPU one)."""
+        if not self.parked:
+            return 0
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def park(self) -> None:
         if not self._loaded:
@@ -100,6 +138,7 @@ class TransformersEngine(Engine):
         self._loaded = False
 
     def release(self) -> None:
+        self._join_prefetch()
         self.model = None
         self.tokenizer = None
         self._host = None
@@ -114,7 +153,8 @@ class TransformersEngine(Engine):
         super().release()
 
     def resident_bytes(self) -> int:
-        if self.model is None:
+        """Bytes on the device (on a CPU box device and host are the same memory)."""
+        if self.model is None or not self._loaded:
             return 0
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 

@@ -349,6 +349,14 @@ class VLLMEngine(Engine):
         self.stats["sleep_s"] = time.perf_counter() - t0
         self._loaded = False
 
+    @property
+    def parked(self) -> bool:
+        return self._parked
+
+    def host_bytes(self) -> int:
+        """A model asleep (level 1) keeps its weights in host memory."""
+        return self._weight_bytes if self._parked else 0
+
     def resident_bytes(self) -> int:
         """Bytes the model holds: its weights (safetensors size, bf16) plus, on CPU, the KV cache.
 

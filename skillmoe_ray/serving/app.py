@@ -161,7 +161,8 @@ class SkillMoEIngress:
         sv = cfg.serving
         data_dir = str(cfg.benchmarks_dir()) if cfg.benchmarks_dir() else None
         workers, self._pg = start_workers(rt.experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, data_dir,
-                                          sv.models_per_worker)
+                                          sv.models_per_worker, host_budget_gb=sv.host_budget_gb,
+                                          prefetch=sv.prefetch)
         self.workers = workers
         rt.executor = RayExecutor(workers, cost_model_for(rt.experts), sv.models_per_worker, rt.expert_names)
         self.rt = rt

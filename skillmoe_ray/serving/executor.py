@@ -16,7 +16,7 @@ from ..config import ExpertConfig
 from ..engines.base import Engine, SamplingSettings
 from ..errors import EngineError
 from ..pipeline import ExpertPlan
-from ..planner import Assignment, CostModel, WorkerState, plan_grouped
+from ..planner import Assignment, CostModel, Costs, WorkerState, plan_grouped
 from .workers import AggregatorWorker, ExpertWorker
 
 
@@ -43,6 +43,9 @@ def start_workers(
     data_dir: str | None = None,
     capacity: int = 1,
     timeout_s: float = 120.0,
+    host_budget_gb: float | None = None,
+    prefetch: bool = False,
+    release_after: bool = False,
 ) -> tuple[list[Any], Any]:
     """Worker actors, one per bundle of a placement group, so each owns its GPU(s).
 
@@ -72,7 +75,7 @@ def start_workers(
             # a worker that dies is restarted by Ray and the sub-batch it was running is re-run on it
             max_restarts=-1,
             max_task_retries=3,
-        ).remote(i, specs, data_dir, capacity)
+        ).remote(i, specs, data_dir, capacity, host_budget_gb, prefetch, release_after)
         for i in range(n_workers)
     ]
     return handles, pg
@@ -90,10 +93,24 @@ def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, ll
         mode, ranking_by_task, weights_by_task, llm_expert.model_dump() if llm_expert else None, data_dir, max_tokens)
 
 
+def split_plan(plan: ExpertPlan, assignment: Assignment) -> dict[int, list[tuple[str, list]]]:
+    """Each worker's jobs with the items it runs: an expert split over workers is cut in order."""
+    offsets: dict[str, int] = {}
+    out: dict[int, list[tuple[str, list]]] = {}
+    for wid, experts in assignment.jobs.items():
+        out[wid] = []
+        for e in experts:
+            share = assignment.shares.get(wid, {}).get(e, len(plan[e]))
+            start = offsets.get(e, 0)
+            out[wid].append((e, plan[e][start:start + share]))
+            offsets[e] = start + share
+    return out
+
+
 class RayExecutor:
     """Plans each batch over the worker actors and gathers their answers."""
 
-    def __init__(self, workers: Sequence[Any], cost: CostModel, capacity: int = 1,
+    def __init__(self, workers: Sequence[Any], cost: Costs, capacity: int = 1,
                  expert_names: Sequence[str] = ()):
         self.workers = list(workers)
         self.expert_names = list(expert_names)
@@ -102,6 +119,7 @@ class RayExecutor:
         self.cost = cost
         self.capacity = capacity
         self._resident: dict[int, frozenset[str]] = {i: frozenset() for i in range(len(self.workers))}
+        self._parked: dict[int, frozenset[str]] = {i: frozenset() for i in range(len(self.workers))}
         self._lock = threading.Lock()
         self.last_assignment: Assignment | None = None
         self.last_stats: list[dict[str, Any]] = []
@@ -114,12 +132,13 @@ class RayExecutor:
 
         work = {e: len(items) for e, items in plan.items()}
         with self._lock:
-            states = [WorkerState(i, self._resident[i], capacity=self.capacity) for i in range(len(self.workers))]
+            states = [WorkerState(i, self._resident[i], capacity=self.capacity, parked=self._parked[i])
+                      for i in range(len(self.workers))]
             assignment = plan_grouped(work, states, self.cost)
         refs = [
-            self.workers[wid].run.remote([(e, plan[e]) for e in experts], sampling)
-            for wid, experts in assignment.jobs.items()
-            if experts
+            self.workers[wid].run.remote([(e, part) for e, part in jobs if part], sampling)
+            for wid, jobs in split_plan(plan, assignment).items()
+            if jobs
         ]
         t0 = time.perf_counter()
         results = ray.get(refs)
@@ -131,6 +150,7 @@ class RayExecutor:
         with self._lock:
             for s in stats:
                 self._resident[s["wid"]] = frozenset(s["resident"])
+                self._parked[s["wid"]] = frozenset(s.get("parked", ()))
                 self.unhealthy.update(s.get("failed", {}))
             self.last_assignment = assignment
             self.last_stats = stats
