@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .pipeline import Aggregator, Pipeline, Router
 from .profiles import Profiles
 from .runtime import Runtime
-from .strategies import CalibratedRouter, CascadeRouter, DeterministicPaperRouter, FixedRouter, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator
+from .strategies import make_aggregator, CalibratedRouter, CascadeRouter, DeterministicPaperRouter, FixedRouter, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator
 from .tasks import Question, Task
 
 
@@ -44,6 +44,9 @@ def standard_methods(rt: Runtime, prof: Profiles) -> list[Method]:
         Method("all_weighted_vote", FixedRouter("all", ranking), WeightedVoteAggregator.from_profiles(prof)),
         Method("skillmoe_paper", PaperRouter(prof, cfg.k, cfg.temperature, cfg.usage_floor), vote, seeded=True),
     ]
+    if prof.aggregator.get("mode") == "llm":  # the paper's full method: its router and the chosen LLM aggregator
+        methods.append(Method("skillmoe_paper_llm", PaperRouter(prof, cfg.k, cfg.temperature, cfg.usage_floor),
+                              make_aggregator(rt.cfg.aggregation, prof), seeded=True))
     methods += own_methods(rt, prof)
     return methods
 
@@ -85,9 +88,15 @@ def run_method(method: Method, pipeline_for: Callable[[Method], Pipeline], quest
 
 
 def evaluate(rt: Runtime, task: Task, seeds: Sequence[int], methods: Sequence[str] | None = None,
-             rebuild_profiles: bool = False) -> dict:
+             rebuild_profiles: bool = False, sample: int | None = None) -> dict:
+    """Every method (or those named) on the test split, or on a fixed random ``sample`` of it."""
     prof = rt.profiles(task, rebuild=rebuild_profiles)
     questions = rt.questions(task, "test")
+    if sample and sample < len(questions):
+        import random
+
+        picked = sorted(random.Random(0).sample(range(len(questions)), sample))
+        questions = [questions[i] for i in picked]
     if rt.progress:
         print(f"extracting skills for {len(questions)} {task.name} test questions")
     skills = rt.skill_stage(prof).skills(questions)

@@ -1,0 +1,324 @@
+"""Seconds per question by worker count and scheduling strategy, at the paper's scale (Table 6).
+
+The pool is ``deployments/paper-scale-sim.yaml``: the paper's 16 models of
+7-9B as simulated experts, GPQA's 198 test questions, k=3 plus an aggregator.
+
+1. **Calibration.** The cost model's two free constants (the fixed part of a
+   cold load and the decode step) are fitted to the paper's naive (196.92 s)
+   and expert-grouped one-GPU (25.76 s) figures under the reference's shape
+   (tensor parallel over all GPUs, a cold vLLM start per expert, a 10 s sleep
+   after each). The fitted model then predicts the three figures it was not
+   fitted to: grouped on four GPUs (10.85 s), MoA on one (45.98 s) and on four
+   (21.66 s).
+2. **Predicted** seconds per question for every strategy and worker count,
+   from the pure functions in :mod:`skillmoe_ray.makespan`.
+3. **Measured**: each strategy runs through the real serving path (the
+   pipeline, RayExecutor, planner and ExpertWorker actors on a private Ray
+   cluster) with simulated experts that sleep the cost model's time, scaled by
+   ``--scale``. Measured seconds are wall seconds / scale; the gap to the
+   prediction is the system's own overhead (Ray calls, queues, Python).
+
+Strategies: ``naive`` (per question, the reference's way: one engine over all
+W GPUs, each expert cold-started for each question), ``grouped`` (the paper:
+the same engine, each expert cold-started once per batch), ``planner`` (this
+system: one worker per GPU, grouped, load-balanced, long jobs split, no sleep),
+``moa`` (3 fixed proposers, 2 layers, the aggregator; reference shape),
+``single`` (the best model answers everything; reference shape).
+
+    python benchmarks/latency.py --quick     # < 5 minutes: W = 1 and 4 measured
+    python benchmarks/latency.py             # all figures: W = 1, 2, 4, 8 measured
+
+Writes benchmarks/results/latency-sim.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, markdown_table, write_results  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER = {"naive@1": 196.92, "grouped@1": 25.76, "grouped@4": 10.85, "moa@1": 45.98, "moa@4": 21.66}
+STRATEGIES = ("naive", "grouped", "planner", "moa", "single")
+REFERENCE_RELEASE_S = 10.0  # the reference sleeps 10 s after each expert
+
+
+def setup(config: str, state_dir: str):
+    from skillmoe_ray.config import load_config
+    from skillmoe_ray.makespan import expert_work, pool_costs
+    from skillmoe_ray.runtime import Runtime
+    from skillmoe_ray.strategies import make_router
+    from skillmoe_ray.tasks import get_task
+
+    cfg = load_config(config)
+    cfg.state_dir = state_dir
+    rt = Runtime.from_config(cfg, progress=True)
+    task = get_task("GPQA")
+    prof = rt.profiles(task)
+    questions = rt.questions(task, "test")
+    skills = rt.skill_stage(prof).skills(questions)
+    selections = make_router(cfg.routing, prof).route(questions, skills, 0)
+    costs = pool_costs(rt.experts, cfg.generation.max_tokens).with_constants(release_s=REFERENCE_RELEASE_S)
+    return {
+        "cfg": cfg, "rt": rt, "task": task, "profiles": prof, "questions": questions, "skills": skills,
+        "selections": selections, "work": expert_work(selections), "costs": costs,
+        "aggregator": prof.aggregator["name"], "top3": prof.ranking()[:3], "best": prof.ranking()[0],
+        "agg_tokens": cfg.aggregation.max_tokens,
+    }
+
+
+def predict(s: dict, costs, strategy: str, workers: int, n_naive: int | None = None) -> float:
+    """Predicted seconds per question."""
+    from skillmoe_ray.makespan import (planner_s, reference_grouped_s, reference_moa_s, reference_naive_s,
+                                       single_s)
+
+    n = len(s["questions"])
+    tp = replace(costs, tp=workers)
+    if strategy == "naive":
+        sel = s["selections"][:n_naive] if n_naive else s["selections"]
+        return reference_naive_s(sel, s["aggregator"], tp, s["agg_tokens"]) / len(sel)
+    if strategy == "grouped":
+        return reference_grouped_s(s["selections"], s["aggregator"], tp, s["agg_tokens"]) / n
+    if strategy == "moa":
+        return reference_moa_s(n, s["top3"], s["aggregator"], tp, 2, s["agg_tokens"]) / n
+    if strategy == "single":
+        return single_s(n, s["best"], tp) / n
+    return planner_s(s["work"], s["aggregator"], n, costs, workers, s["agg_tokens"]) / n
+
+
+def calibrate(s: dict):
+    from skillmoe_ray.makespan import fit_two
+
+    load_fixed, step_fixed = fit_two(lambda c: predict(s, c, "naive", 1), lambda c: predict(s, c, "grouped", 1),
+                                     PAPER["naive@1"], PAPER["grouped@1"], s["costs"])
+    fitted = s["costs"].with_constants(load_fixed_s=load_fixed, step_fixed_s=step_fixed)
+    checks = {}
+    for key, published in PAPER.items():
+        strategy, w = key.split("@")
+        checks[key] = (predict(s, fitted, strategy, int(w)), published)
+    return fitted, {"load_fixed_s": load_fixed, "step_fixed_s": step_fixed}, checks
+
+
+# ---------------------------------------------------------------- measured runs
+
+
+def run_moa(executor, task, questions, proposers, aggregator, sampling, agg_tokens) -> None:
+    """Mixture-of-Agents: layer 1, layer 2 (each proposer reads layer 1's answers), then the aggregator."""
+    from skillmoe_ray.aggregation import aggregation_prompt, expert_prompt
+    from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+
+    reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid, question=q.text) for q in questions]
+    texts = executor.run({p: [(i, j, r) for i, r in enumerate(reqs)] for j, p in enumerate(proposers)}, sampling)
+    layer2 = [GenerationRequest.user(aggregation_prompt(task, q.text, [texts[(i, j)] for j in range(len(proposers))]),
+                                     key=q.qid, question=q.text) for i, q in enumerate(questions)]
+    texts = executor.run({p: [(i, j, r) for i, r in enumerate(layer2)] for j, p in enumerate(proposers)}, sampling)
+    final = [GenerationRequest.user(aggregation_prompt(task, q.text, [texts[(i, j)] for j in range(len(proposers))]),
+                                    key=q.qid, role="aggregator", question=q.text) for i, q in enumerate(questions)]
+    executor.run({aggregator: [(i, 0, r) for i, r in enumerate(final)]},
+                 SamplingSettings(0.7, agg_tokens, seed=sampling.seed))
+
+
+def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive: int) -> dict:
+    """Wall seconds of one strategy through the serving path, converted to simulated seconds per question."""
+    import ray
+
+    from skillmoe_ray.engines.base import SamplingSettings
+    from skillmoe_ray.makespan import SimulatedCosts
+    from skillmoe_ray.pipeline import Pipeline
+    from skillmoe_ray.serving.executor import RayExecutor, start_workers
+    from skillmoe_ray.strategies import LLMAggregator, make_router
+
+    reference = strategy != "planner"
+    experts = []
+    for e in s["rt"].experts:
+        m = fitted.pool[e.name]
+        args = dict(e.engine_args, clock="real", time_scale=scale, load_fixed_s=m.constants.load_fixed_s,
+                    step_fixed_s=m.constants.step_fixed_s,
+                    release_s=REFERENCE_RELEASE_S if reference else 0.0,
+                    tensor_parallel_size=workers if reference else 1)
+        experts.append(e.model_copy(update={"engine_args": args}))
+    n_actors, gpus = (1, workers) if reference else (workers, 1)
+    handles, pg = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=0.5,
+                                host_budget_gb=0.0 if reference else None, release_after=reference)
+    try:
+        ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
+        plan_costs = replace(fitted.with_constants(release_s=0.0 if not reference else REFERENCE_RELEASE_S),
+                             tp=workers if reference else 1) if isinstance(fitted, SimulatedCosts) else fitted
+        executor = RayExecutor(handles, plan_costs, 1, [e.name for e in experts])
+        cfg, task = s["cfg"], s["task"]
+        sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens, seed=0)
+        questions, skills = s["questions"], s["skills"]
+        router = make_router(cfg.routing, s["profiles"])
+        aggregator = LLMAggregator(s["aggregator"], s["agg_tokens"])
+        t0 = time.perf_counter()
+        if strategy == "naive":
+            pipe = Pipeline(task, None, router, aggregator, executor, sampling)
+            # the paper's router draws per question from its text: one question alone routes as in the batch
+            for q, sk in zip(questions[:n_naive], skills[:n_naive]):
+                pipe.solve([q], seed=0, skills=[sk])
+            n = n_naive
+        elif strategy in ("grouped", "planner"):
+            Pipeline(task, None, router, aggregator, executor, sampling).solve(
+                questions, seed=0, skills=skills)
+            n = len(questions)
+        elif strategy == "moa":
+            run_moa(executor, task, questions, s["top3"], s["aggregator"], sampling, s["agg_tokens"])
+            n = len(questions)
+        else:
+            from skillmoe_ray.aggregation import expert_prompt
+            from skillmoe_ray.engines.base import GenerationRequest
+
+            reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid) for q in questions]
+            executor.run({s["best"]: [(i, 0, r) for i, r in enumerate(reqs)]}, sampling)
+            n = len(questions)
+        wall = time.perf_counter() - t0
+    finally:
+        for h in handles:
+            ray.kill(h)
+        ray.util.remove_placement_group(pg)
+    return {"wall_s": wall, "per_question_s": wall / scale / n, "questions": n}
+
+
+def plot(rows: dict, worker_counts: list[int], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plot", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in STRATEGIES:
+        pts = [(w, rows[(strategy, w)]["predicted"]) for w in worker_counts]
+        line, = ax.plot([w for w, _ in pts], [v for _, v in pts], marker="o", label=f"{strategy} (predicted)")
+        meas = [(w, rows[(strategy, w)]["measured"]) for w in worker_counts if rows[(strategy, w)].get("measured")]
+        if meas:
+            ax.plot([w for w, _ in meas], [v for _, v in meas], marker="x", linestyle="none", color=line.get_color(),
+                    markersize=9, label=f"{strategy} (measured)")
+    for key, value in PAPER.items():
+        strategy, w = key.split("@")
+        ax.plot(int(w), value, marker="*", color="black", linestyle="none", markersize=10,
+                label="paper, Table 6" if key == "naive@1" else None)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(worker_counts, [str(w) for w in worker_counts])
+    ax.set_xlabel("GPUs (workers)")
+    ax.set_ylabel("seconds per question (simulated)")
+    ax.set_title("GPQA, 198 questions, 16 simulated 7-9B experts, k=3 + aggregator")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="measure W = 1 and 4 only, at a smaller time scale")
+    ap.add_argument("--config", default=str(ROOT / "deployments" / "paper-scale-sim.yaml"))
+    ap.add_argument("--workers", default=None, help="worker counts to measure (default 1,2,4,8; quick 1,4)")
+    ap.add_argument("--scale", type=float, default=None, help="real seconds per simulated second "
+                    "(default 0.004; quick 0.001)")
+    ap.add_argument("--naive-questions", type=int, default=None, help="questions run naively (default 16; quick 4)")
+    ap.add_argument("--predict-only", action="store_true", help="no Ray runs: calibration and predictions only")
+    ap.add_argument("--name", default="latency-sim")
+    args = ap.parse_args(argv)
+    measured_w = [int(w) for w in (args.workers or ("1,4" if args.quick else "1,2,4,8")).split(",")]
+    scale = args.scale or (0.001 if args.quick else 0.004)
+    n_naive = args.naive_questions or (4 if args.quick else 16)
+    worker_counts = sorted(set([1, 2, 4, 8] + measured_w))
+
+    state = os.environ.get("SKILLMOE_CACHE", os.path.expanduser("~/.cache/skillmoe"))
+    s = setup(args.config, str(Path(state) / "latency-state"))
+    fitted, constants, checks = calibrate(s)
+    print("\nCalibration (fitted to naive@1 and grouped@1):", {k: round(v, 4) for k, v in constants.items()})
+    cal_rows = [[k, f"{p:.2f}", f"{ref:.2f}", f"{100 * (p - ref) / ref:+.1f}%", "fitted" if k in ("naive@1", "grouped@1")
+                 else "predicted"] for k, (p, ref) in checks.items()]
+    cal_md = markdown_table(["figure", "model s/question", "paper s/question", "error", ""], cal_rows)
+    print(cal_md)
+
+    rows: dict = {}
+    for strategy in STRATEGIES:
+        for w in worker_counts:
+            rows[(strategy, w)] = {"predicted": predict(s, fitted, strategy, w)}
+    if not args.predict_only:
+        from skillmoe_ray.serving.local import ensure_ray_env
+
+        ensure_ray_env()
+        import ray
+
+        ray.init(address="local", include_dashboard=False, num_cpus=max(measured_w) + 4,
+                 num_gpus=max(measured_w), log_to_driver=False, configure_logging=False)
+        try:
+            for w in measured_w:
+                for strategy in STRATEGIES:
+                    m = measure(s, fitted, strategy, w, scale, n_naive)
+                    pred = predict(s, fitted, strategy, w, n_naive if strategy == "naive" else None)
+                    rows[(strategy, w)].update(measured=m["per_question_s"], measured_questions=m["questions"],
+                                               wall_s=m["wall_s"], predicted_same_questions=pred)
+                    print(f"  W={w} {strategy:8s} measured {m['per_question_s']:8.2f} s/q "
+                          f"predicted {pred:8.2f} ({m['wall_s']:.1f} s wall)", flush=True)
+        finally:
+            ray.shutdown()
+
+    table = []
+    for strategy in STRATEGIES:
+        for w in worker_counts:
+            r = rows[(strategy, w)]
+            meas = r.get("measured")
+            same = r.get("predicted_same_questions", r["predicted"])
+            table.append([strategy, w, f"{r['predicted']:.2f}", f"{meas:.2f}" if meas else "",
+                          f"{100 * (meas - same) / same:+.1f}%" if meas else "",
+                          r.get("measured_questions", "")])
+    md = markdown_table(["strategy", "GPUs", "predicted s/q", "measured s/q", "overhead", "questions run"], table)
+    p = {k: v["predicted"] for k, v in rows.items()}
+    goals = {
+        "grouped_vs_naive_1gpu": p[("naive", 1)] / p[("grouped", 1)],
+        "planner_vs_grouped": {w: p[("grouped", w)] / p[("planner", w)] for w in worker_counts},
+        "planner_scaling_1_to_4": p[("planner", 1)] / p[("planner", 4)],
+        "planner_efficiency_1_to_4": p[("planner", 1)] / p[("planner", 4)] / 4,
+        "grouped_scaling_1_to_4": p[("grouped", 1)] / p[("grouped", 4)],
+    }
+    goals_md = markdown_table(["goal", "target", "predicted"], [
+        ["expert-grouped ahead of naive (1 GPU)", ">= 7.6x", f"{goals['grouped_vs_naive_1gpu']:.2f}x"],
+        ["planner ahead of expert-grouped", "> 1x at each W",
+         ", ".join(f"W={w}: {v:.2f}x" for w, v in goals["planner_vs_grouped"].items())],
+        ["planner scaling 1 -> 4 workers", ">= 90% (paper 59%)",
+         f"{goals['planner_scaling_1_to_4']:.2f}x = {100 * goals['planner_efficiency_1_to_4']:.0f}%"],
+        ["reference grouped scaling 1 -> 4 GPUs (TP)", "paper 2.37x", f"{goals['grouped_scaling_1_to_4']:.2f}x"],
+    ])
+    print("\n" + md + "\n\n" + goals_md)
+    setting = (f"GPQA test ({len(s['questions'])} questions), pool of {len(s['rt'].experts)} simulated experts "
+               f"(`{os.path.relpath(args.config, ROOT)}`), k=3, aggregator {s['aggregator']}, MoA proposers "
+               f"{', '.join(s['top3'])}, single model {s['best']}. Expert prompts per model: "
+               + ", ".join(f"{e} {n}" for e, n in sorted(s["work"].items(), key=lambda x: -x[1]))
+               + f". Measured at time scale {scale} (wall s = simulated s x scale); naive measured on the first "
+               f"{n_naive} questions.")
+    full_md = (f"{setting}\n\n## Calibration\n\nFitted: `load_fixed_s` = {constants['load_fixed_s']:.2f} s, "
+               f"`step_fixed_s` = {1000 * constants['step_fixed_s']:.2f} ms.\n\n{cal_md}\n\n"
+               f"## Seconds per question\n\n{md}\n\n## Goals\n\n{goals_md}\n")
+    png = RESULTS / f"{args.name}.png"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if plot(rows, worker_counts, png):
+        full_md += f"\n![seconds per question]({png.name})\n"
+    payload = {
+        "setting": setting, "fitted": constants,
+        "calibration": {k: {"model": p_, "paper": ref} for k, (p_, ref) in checks.items()},
+        "rows": [{"strategy": st, "workers": w, **r} for (st, w), r in rows.items()],
+        "goals": {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in goals.items()},
+        "scale": scale, "quick": args.quick,
+    }
+    jpath, mpath = write_results(args.name, payload, full_md)
+    print(f"\nwrote {jpath}, {mpath}" + (f", {png}" if png.exists() else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Predicted batch times of the scheduling strategies, and the cost model's fit to the paper.
+
+Pure functions over the simulated engine's cost model (:class:`CostConstants`).
+``benchmarks/latency.py`` compares them with what the real serving path
+measures on simulated experts; the difference is the system's own overhead.
+
+Two families of strategies:
+
+* The **reference** system (the paper's code): one vLLM instance spanning all
+  g GPUs with tensor parallelism; each expert is cold-started, run and thrown
+  away, followed by a 10 s sleep (``release_s``). Naive runs this per question;
+  expert-grouped runs it once per expert per batch; Mixture-of-Agents runs 3
+  fixed proposers for 2 layers and then the aggregator.
+* **This system's planner**: one worker per GPU, each expert of the batch given
+  to one worker (longest job first, earliest finish; a job that sets the
+  makespan is split over more workers while that pays), models swapped without
+  the reference's sleep; the aggregator's batch follows, planned the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+from .config import ExpertConfig
+from .engines.simulated import CostConstants, spec_from_args
+from .planner import WorkerState, plan_grouped
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    size_gb: float
+    constants: CostConstants
+
+
+@dataclass(frozen=True)
+class SimulatedCosts:
+    """The planner's :class:`planner.Costs` for a pool of simulated experts."""
+
+    pool: Mapping[str, ModelCost]
+    max_tokens: int = 4096
+    tp: int = 1
+
+    def load(self, expert: str) -> float:
+        m = self.pool[expert]
+        return m.constants.load_s(m.size_gb)
+
+    def wake(self, expert: str) -> float:
+        m = self.pool[expert]
+        return m.constants.wake_s(m.size_gb)
+
+    def release(self, expert: str) -> float:
+        return self.pool[expert].constants.release_s
+
+    def generate(self, expert: str, n: int) -> float:
+        return self.pool[expert].constants.generate_s(n, self.max_tokens, self.tp)
+
+    def with_constants(self, **changes: float) -> "SimulatedCosts":
+        """The same pool with shared constants changed (per-model lengths and sizes kept)."""
+        return replace(self, pool={n: ModelCost(m.size_gb, replace(m.constants, **changes))
+                                   for n, m in self.pool.items()})
+
+
+def pool_costs(experts: Sequence[ExpertConfig], max_tokens: int = 4096) -> SimulatedCosts:
+    pool = {}
+    for e in experts:
+        if e.engine != "simulated":
+            raise ValueError(f"expert {e.name!r} is not simulated (engine {e.engine!r}); "
+                             "predicted times need the simulated engine's cost model")
+        spec = spec_from_args(e.size_gb, e.engine_args)
+        pool[e.name] = ModelCost(spec.size_gb, spec.constants)
+    return SimulatedCosts(pool, max_tokens)
+
+
+# ---------------------------------------------------------------- the reference system
+
+
+def _cold_run(costs: SimulatedCosts, expert: str, n: int, max_tokens: int | None = None) -> float:
+    """Cold start, one batch of n, release (and the reference's sleep)."""
+    c = costs if max_tokens is None else replace(costs, max_tokens=max_tokens)
+    return c.load(expert) + c.generate(expert, n) + c.release(expert)
+
+
+def reference_naive_s(selections: Sequence[Sequence[str]], aggregator: str, costs: SimulatedCosts,
+                      agg_max_tokens: int | None = None) -> float:
+    """Per question: each of its experts, then the aggregator, each cold-started for that question."""
+    return sum(sum(_cold_run(costs, e, 1) for e in sel) + _cold_run(costs, aggregator, 1, agg_max_tokens)
+               for sel in selections)
+
+
+def expert_work(selections: Sequence[Sequence[str]]) -> dict[str, int]:
+    work: dict[str, int] = {}
+    for sel in selections:
+        for e in sel:
+            work[e] = work.get(e, 0) + 1
+    return work
+
+
+def reference_grouped_s(selections: Sequence[Sequence[str]], aggregator: str, costs: SimulatedCosts,
+                        agg_max_tokens: int | None = None) -> float:
+    """Each expert cold-started once for its whole sub-batch, one after another; then the aggregator."""
+    work = expert_work(selections)
+    return (sum(_cold_run(costs, e, n) for e, n in work.items())
+            + _cold_run(costs, aggregator, len(selections), agg_max_tokens))
+
+
+def reference_moa_s(n_questions: int, proposers: Sequence[str], aggregator: str, costs: SimulatedCosts,
+                    layers: int = 2, agg_max_tokens: int | None = None) -> float:
+    """Mixture-of-Agents: every proposer answers every question in each layer; then the aggregator."""
+    return (layers * sum(_cold_run(costs, p, n_questions) for p in proposers)
+            + _cold_run(costs, aggregator, n_questions, agg_max_tokens))
+
+
+def single_s(n_questions: int, model: str, costs: SimulatedCosts) -> float:
+    return _cold_run(costs, model, n_questions)
+
+
+# ---------------------------------------------------------------- this system
+
+
+def planner_s(work: Mapping[str, int], aggregator: str | None, n_agg: int, costs: SimulatedCosts,
+              workers: int, agg_max_tokens: int | None = None) -> float:
+    """Experts planned over ``workers`` (no sleep after a release), then the aggregator's batch, planned the same way.
+
+    This is what the serving path does: the pipeline runs the experts' plan,
+    then hands the aggregation prompts to the same executor and planner.
+    """
+    costs = costs.with_constants(release_s=0.0)
+    states = [WorkerState(i) for i in range(workers)]
+    experts = plan_grouped(work, states, costs)
+    if aggregator is None:
+        return experts.makespan_s
+    agg = costs if agg_max_tokens is None else replace(costs, max_tokens=agg_max_tokens)
+    return experts.makespan_s + plan_grouped({aggregator: n_agg}, states, agg).makespan_s
+
+
+# ---------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class Fit:
+    load_fixed_s: float
+    step_fixed_s: float
+    #: strategy -> (predicted, published) seconds per question
+    checks: dict[str, tuple[float, float]]
+
+    def errors(self) -> dict[str, float]:
+        return {k: (p - ref) / ref for k, (p, ref) in self.checks.items()}
+
+
+def fit_two(measure_a, measure_b, target_a: float, target_b: float, costs: SimulatedCosts
+            ) -> tuple[float, float]:
+    """Solve for (load_fixed_s, step_fixed_s) so that two figures match exactly.
+
+    Both figures are affine in each of the two constants (a load is
+    ``load_fixed_s + bytes``; a batch is ``step_fixed_s * longest + ...``), so
+    three evaluations per figure give the 2x2 linear system.
+    """
+    def at(fn, load_fixed: float, step_fixed: float) -> float:
+        return fn(costs.with_constants(load_fixed_s=load_fixed, step_fixed_s=step_fixed))
+
+    rows = []
+    for fn, target in ((measure_a, target_a), (measure_b, target_b)):
+        base = at(fn, 0.0, 0.0)
+        d_load = at(fn, 1.0, 0.0) - base
+        d_step = at(fn, 0.0, 1.0) - base
+        rows.append((d_load, d_step, target - base))
+    (a1, b1, c1), (a2, b2, c2) = rows
+    det = a1 * b2 - a2 * b1
+    if abs(det) < 1e-12:
+        raise ValueError("the two figures do not pin down the two constants (singular system)")
+    return (c1 * b2 - c2 * b1) / det, (a1 * c2 - a2 * c1) / det
