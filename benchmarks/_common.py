@@ -35,6 +35,13 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def sim_state_dir() -> str:
+    """Profiles of the simulated paper-scale pool, shared by the latency and residency benchmarks."""
+    from skillmoe_ray.skills.embeddings import default_cache_dir
+
+    return str(default_cache_dir() / "latency-state")
+
+
 def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
 

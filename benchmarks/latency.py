@@ -41,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, markdown_table, write_results  # noqa: E402
+from _common import RESULTS, markdown_table, sim_state_dir, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = {"naive@1": 196.92, "grouped@1": 25.76, "grouped@4": 10.85, "moa@1": 45.98, "moa@4": 21.66}
@@ -129,7 +129,6 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
     import ray
 
     from skillmoe_ray.engines.base import SamplingSettings
-    from skillmoe_ray.makespan import SimulatedCosts
     from skillmoe_ray.pipeline import Pipeline
     from skillmoe_ray.serving.executor import RayExecutor, start_workers
     from skillmoe_ray.strategies import LLMAggregator, make_router
@@ -148,8 +147,8 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
                                 host_budget_gb=0.0 if reference else None, release_after=reference)
     try:
         ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
-        plan_costs = replace(fitted.with_constants(release_s=0.0 if not reference else REFERENCE_RELEASE_S),
-                             tp=workers if reference else 1) if isinstance(fitted, SimulatedCosts) else fitted
+        plan_costs = replace(fitted.with_constants(release_s=REFERENCE_RELEASE_S if reference else 0.0),
+                             tp=workers if reference else 1)
         executor = RayExecutor(handles, plan_costs, 1, [e.name for e in experts])
         cfg, task = s["cfg"], s["task"]
         sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens, seed=0)
@@ -235,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     n_naive = args.naive_questions or (4 if args.quick else 16)
     worker_counts = sorted(set([1, 2, 4, 8] + measured_w))
 
-    state = os.environ.get("SKILLMOE_CACHE", os.path.expanduser("~/.cache/skillmoe"))
-    s = setup(args.config, str(Path(state) / "latency-state"))
+    s = setup(args.config, sim_state_dir())
     fitted, constants, checks = calibrate(s)
     print("\nCalibration (fitted to naive@1 and grouped@1):", {k: round(v, 4) for k, v in constants.items()})
     cal_rows = [[k, f"{p:.2f}", f"{ref:.2f}", f"{100 * (p - ref) / ref:+.1f}%", "fitted" if k in ("naive@1", "grouped@1")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, write_results  # noqa: E402
+from _common import markdown_table, sim_state_dir, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,10 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from skillmoe_ray.strategies import make_router
     from skillmoe_ray.tasks import get_task
 
-    import os
-
     cfg = load_config(ROOT / "deployments" / "paper-scale-sim.yaml")
-    cfg.state_dir = str(Path(os.environ.get("SKILLMOE_CACHE", os.path.expanduser("~/.cache/skillmoe"))) / "latency-state")
+    cfg.state_dir = sim_state_dir()
     rt = Runtime.from_config(cfg, progress=False)
     task = get_task("GPQA")
     prof = rt.profiles(task)

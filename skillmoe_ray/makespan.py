@@ -137,17 +137,6 @@ def planner_s(work: Mapping[str, int], aggregator: str | None, n_agg: int, costs
 # ---------------------------------------------------------------- calibration
 
 
-@dataclass(frozen=True)
-class Fit:
-    load_fixed_s: float
-    step_fixed_s: float
-    #: strategy -> (predicted, published) seconds per question
-    checks: dict[str, tuple[float, float]]
-
-    def errors(self) -> dict[str, float]:
-        return {k: (p - ref) / ref for k, (p, ref) in self.checks.items()}
-
-
 def fit_two(measure_a, measure_b, target_a: float, target_b: float, costs: SimulatedCosts
             ) -> tuple[float, float]:
     """Solve for (load_fixed_s, step_fixed_s) so that two figures match exactly.

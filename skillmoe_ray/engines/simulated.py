@@ -185,9 +185,7 @@ class SimulatedEngine(Engine):
     def load(self) -> None:
         if self._loaded:
             return
-        if self._prefetch is not None:
-            self._prefetch.join()
-            self._prefetch = None
+        self._join_prefetch()
         consts, size = self.spec.constants, self.spec.size_gb
         if self._parked:
             self.clock.spend(consts.wake_s(size))
@@ -203,6 +201,7 @@ class SimulatedEngine(Engine):
         self._parked = True
 
     def release(self) -> None:
+        self._join_prefetch()
         was_held = self._loaded or self._parked
         self._loaded = False
         self._parked = False
@@ -222,6 +221,11 @@ class SimulatedEngine(Engine):
         self._prefetch = threading.Thread(target=read, name=f"prefetch-{self.name}", daemon=True)
         self._prefetch.start()
         return True
+
+    def _join_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.join()
+            self._prefetch = None
 
     def resident_bytes(self) -> int:
         return int(self.spec.size_gb * 1e9) if self._loaded else 0

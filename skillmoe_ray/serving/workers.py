@@ -149,10 +149,13 @@ class ExpertWorker:
                             "woke": woke})
         return {"texts": texts,
                 "stats": {"wid": self.wid, "jobs": timings, "resident": self.resident(), "failed": failed,
-                          "parked": [n for n, e in self.engines.items() if e.parked]}}
+                          "parked": self.parked()}}
 
     def resident(self) -> list[str]:
         return [n for n, e in self.engines.items() if e.loaded]
+
+    def parked(self) -> list[str]:
+        return [n for n, e in self.engines.items() if e.parked]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -161,7 +164,7 @@ class ExpertWorker:
             "host": socket.gethostname(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "resident": self.resident(),
-            "parked": [n for n, e in self.engines.items() if e.parked],
+            "parked": self.parked(),
             "loads": self.loads,
             "wakes": self.wakes,
             "prefetches": self.prefetches,
