@@ -196,6 +196,8 @@ def parse_config(data: Any, source: Path | str = "<config>") -> Config:
     path = Path(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    # top-level "x-..." keys hold YAML anchors shared by other fields (the docker-compose convention)
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

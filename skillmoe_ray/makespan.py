@@ -40,6 +40,8 @@ class SimulatedCosts:
     pool: Mapping[str, ModelCost]
     max_tokens: int = 4096
     tp: int = 1
+    #: mean prompt length of the batch (None: each model's ``prompt_tokens``, a question alone)
+    prompt_tokens: float | None = None
 
     def load(self, expert: str) -> float:
         m = self.pool[expert]
@@ -53,7 +55,17 @@ class SimulatedCosts:
         return self.pool[expert].constants.release_s
 
     def generate(self, expert: str, n: int) -> float:
-        return self.pool[expert].constants.generate_s(n, self.max_tokens, self.tp)
+        return self.pool[expert].constants.generate_s(n, self.max_tokens, self.tp, self.prompt_tokens)
+
+    def quoting(self, reader: str, groups: Sequence[Sequence[str]], answer_max_tokens: int | None = None
+                ) -> float:
+        """Mean prompt length when ``reader`` reads, for each prompt, the answers of one group of models."""
+        cap = self.max_tokens if answer_max_tokens is None else answer_max_tokens
+        base = self.pool[reader].constants.prompt_tokens
+        if not groups:
+            return float(base)
+        quoted = sum(self.pool[e].constants.quoted_length(cap) for g in groups for e in g)
+        return base + quoted / len(groups)
 
     def with_constants(self, **changes: float) -> "SimulatedCosts":
         """The same pool with shared constants changed (per-model lengths and sizes kept)."""
@@ -75,17 +87,28 @@ def pool_costs(experts: Sequence[ExpertConfig], max_tokens: int = 4096) -> Simul
 # ---------------------------------------------------------------- the reference system
 
 
-def _cold_run(costs: SimulatedCosts, expert: str, n: int, max_tokens: int | None = None) -> float:
+def _cold_run(costs: SimulatedCosts, expert: str, n: int, max_tokens: int | None = None,
+              prompt_tokens: float | None = None) -> float:
     """Cold start, one batch of n, release (and the reference's sleep)."""
-    c = costs if max_tokens is None else replace(costs, max_tokens=max_tokens)
+    c = replace(costs, max_tokens=costs.max_tokens if max_tokens is None else max_tokens,
+                prompt_tokens=prompt_tokens)
     return c.load(expert) + c.generate(expert, n) + c.release(expert)
+
+
+def _aggregate(costs: SimulatedCosts, aggregator: str, groups: Sequence[Sequence[str]],
+               agg_max_tokens: int | None) -> float:
+    """The aggregator's cold run over prompts that each quote one group's answers."""
+    return _cold_run(costs, aggregator, len(groups), agg_max_tokens, costs.quoting(aggregator, groups))
 
 
 def reference_naive_s(selections: Sequence[Sequence[str]], aggregator: str, costs: SimulatedCosts,
                       agg_max_tokens: int | None = None) -> float:
-    """Per question: each of its experts, then the aggregator, each cold-started for that question."""
-    return sum(sum(_cold_run(costs, e, 1) for e in sel) + _cold_run(costs, aggregator, 1, agg_max_tokens)
-               for sel in selections)
+    """Per question: each of its experts, then the aggregator, each cold-started for that question.
+
+    An expert drawn twice for one question is loaded once and answers twice, in one batch.
+    """
+    return sum(sum(_cold_run(costs, e, n) for e, n in expert_work([sel]).items())
+               + _aggregate(costs, aggregator, [sel], agg_max_tokens) for sel in selections)
 
 
 def expert_work(selections: Sequence[Sequence[str]]) -> dict[str, int]:
@@ -101,14 +124,21 @@ def reference_grouped_s(selections: Sequence[Sequence[str]], aggregator: str, co
     """Each expert cold-started once for its whole sub-batch, one after another; then the aggregator."""
     work = expert_work(selections)
     return (sum(_cold_run(costs, e, n) for e, n in work.items())
-            + _cold_run(costs, aggregator, len(selections), agg_max_tokens))
+            + _aggregate(costs, aggregator, selections, agg_max_tokens))
 
 
 def reference_moa_s(n_questions: int, proposers: Sequence[str], aggregator: str, costs: SimulatedCosts,
                     layers: int = 2, agg_max_tokens: int | None = None) -> float:
-    """Mixture-of-Agents: every proposer answers every question in each layer; then the aggregator."""
-    return (layers * sum(_cold_run(costs, p, n_questions) for p in proposers)
-            + _cold_run(costs, aggregator, n_questions, agg_max_tokens))
+    """Mixture-of-Agents: every proposer answers every question in each layer; then the aggregator.
+
+    From the second layer on, each proposer's prompt quotes the previous layer's answers.
+    """
+    total = 0.0
+    for layer in range(layers):
+        for p in proposers:
+            prompt = costs.quoting(p, [proposers]) if layer else None
+            total += _cold_run(costs, p, n_questions, prompt_tokens=prompt)
+    return total + _aggregate(costs, aggregator, [proposers] * n_questions, agg_max_tokens)
 
 
 def single_s(n_questions: int, model: str, costs: SimulatedCosts) -> float:
@@ -118,7 +148,7 @@ def single_s(n_questions: int, model: str, costs: SimulatedCosts) -> float:
 # ---------------------------------------------------------------- this system
 
 
-def planner_s(work: Mapping[str, int], aggregator: str | None, n_agg: int, costs: SimulatedCosts,
+def planner_s(selections: Sequence[Sequence[str]], aggregator: str | None, costs: SimulatedCosts,
               workers: int, agg_max_tokens: int | None = None) -> float:
     """Experts planned over ``workers`` (no sleep after a release), then the aggregator's batch, planned the same way.
 
@@ -127,11 +157,12 @@ def planner_s(work: Mapping[str, int], aggregator: str | None, n_agg: int, costs
     """
     costs = costs.with_constants(release_s=0.0)
     states = [WorkerState(i) for i in range(workers)]
-    experts = plan_grouped(work, states, costs)
+    experts = plan_grouped(expert_work(selections), states, costs)
     if aggregator is None:
         return experts.makespan_s
-    agg = costs if agg_max_tokens is None else replace(costs, max_tokens=agg_max_tokens)
-    return experts.makespan_s + plan_grouped({aggregator: n_agg}, states, agg).makespan_s
+    agg = replace(costs, max_tokens=costs.max_tokens if agg_max_tokens is None else agg_max_tokens,
+                  prompt_tokens=costs.quoting(aggregator, selections))
+    return experts.makespan_s + plan_grouped({aggregator: len(selections)}, states, agg).makespan_s
 
 
 # ---------------------------------------------------------------- calibration

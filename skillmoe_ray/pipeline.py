@@ -78,8 +78,11 @@ class Executor(Protocol):
 class LocalExecutor:
     """Runs a plan in this process, one expert at a time, each loaded once per batch.
 
-    Engines whose residency costs nothing (recordings) stay loaded; the rest
-    are parked after their sub-batch so the next expert has the memory.
+    Engines whose residency costs nothing (recordings) stay loaded. Of the
+    rest one is held at a time: it stays loaded after its sub-batch and is
+    parked only when another model needs the memory, so consecutive calls on
+    one model (the keyword LLM's five samples, a batch's expert that also
+    aggregates) pay one load, not one each.
     """
 
     def __init__(self, engines: Mapping[str, Engine], progress: bool = False, keep_resident: bool = False):
@@ -89,6 +92,13 @@ class LocalExecutor:
         self.keep_resident = keep_resident
         #: expert -> why it is out of service (a load failed); routing avoids these
         self.unhealthy: dict[str, str] = {}
+        self._held: Engine | None = None
+
+    def _make_room_for(self, engine: Engine) -> None:
+        held = self._held
+        if held is not None and held is not engine and not self.keep_resident and held.loaded:
+            held.park()
+        self._held = None if getattr(engine, "cheap_residency", False) else engine
 
     def engine(self, name: str) -> Engine:
         try:
@@ -102,6 +112,7 @@ class LocalExecutor:
         bar = tqdm(items, desc="experts", unit="model", disable=not self.progress or len(plan) < 2, leave=False)
         for name, work in bar:
             engine = self.engine(name)
+            self._make_room_for(engine)
             try:
                 engine.ensure_loaded()
             except Exception as exc:  # its items stay unanswered; the pipeline re-routes them
@@ -110,8 +121,6 @@ class LocalExecutor:
             texts = engine.generate([req for _, _, req in work], sampling)
             for (qi, slot, _), text in zip(work, texts):
                 out[(qi, slot)] = text
-            if not (self.keep_resident or getattr(engine, "cheap_residency", False)):
-                engine.park()
         return out
 
 

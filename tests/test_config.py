@@ -52,6 +52,14 @@ def test_unknown_field_is_an_error_not_a_silent_default(tmp_path):
         load_config(p)
 
 
+def test_x_keys_hold_shared_anchors(tmp_path):
+    cfg = load_config(write(tmp_path, "x-fast: &fast {max_model_len: 2048}\n"
+                                      "pool: {experts: [{name: a, engine: vllm, model: m, engine_args: {<<: *fast, threads: 1}}]}\n"))
+    assert cfg.pool.experts[0].engine_args == {"max_model_len": 2048, "threads": 1}
+    sim = load_config(ROOT / "deployments" / "paper-scale-sim.yaml")
+    assert all(e.engine_args["kv_tokens"] == 200000 for e in sim.pool.experts)
+
+
 def test_missing_pool_and_bad_values(tmp_path):
     with pytest.raises(ConfigError, match="pool: required field is missing"):
         load_config(write(tmp_path, "name: x\n"))

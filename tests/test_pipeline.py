@@ -75,6 +75,20 @@ class BrokenEngine(CountingEngine):
         raise OSError("weights file is missing")
 
 
+def test_local_executor_holds_one_model_and_parks_it_only_for_another():
+    CountingEngine.loads.clear()
+    engines = {n: CountingEngine(n, "A") for n in "ab"}
+    ex = LocalExecutor(engines)
+    req = GenerationRequest.user("q")
+    for _ in range(5):  # e.g. the keyword LLM's samples: one load
+        ex.run({"a": [(0, 0, req)]}, None)
+    assert CountingEngine.loads == {"a": 1} and engines["a"].loaded
+    ex.run({"b": [(0, 0, req)]}, None)
+    assert not engines["a"].loaded and engines["b"].loaded  # one model in memory at a time
+    ex.run({"a": [(0, 0, req)], "b": [(0, 1, req)]}, None)
+    assert CountingEngine.loads == {"a": 2, "b": 2} and [e.loaded for e in engines.values()] == [False, True]
+
+
 def test_expert_that_fails_to_load_is_routed_around_and_reported():
     engines = {"a": BrokenEngine("a", "A"), "b": CountingEngine("b", "B"), "c": CountingEngine("c", "C"),
                "d": CountingEngine("d", "D")}

@@ -81,3 +81,24 @@ def test_per_skill_accuracy_and_registry():
     bad = e.generate([GenerationRequest.user("p", key=q.qid, meta={"skills": ["law"]})], SamplingSettings())[0]
     task = get_task("AIME24")
     assert task.is_correct(task.extract(good), q.gold) and not task.is_correct(task.extract(bad), q.gold)
+
+
+def test_a_prompt_that_quotes_simulated_answers_is_as_long_as_they_are():
+    """An answer states its simulated length; whoever reads it pays for those tokens (thinking stripped)."""
+    from skillmoe_ray.aggregation import aggregation_prompt
+
+    task = get_task("GPQA")
+    q = load_questions(task, "test")[0]
+    r1 = SimulatedEngine("r1", SimulatedSpec(constants=CostConstants(out_tokens=7000, cap_tokens=32768,
+                                                                     answer_tokens=500)), Clock())
+    plain = SimulatedEngine("p", SimulatedSpec(constants=CostConstants(out_tokens=700, cap_tokens=4096,
+                                                                       prompt_tokens=300)), Clock())
+    sampling = SamplingSettings(max_tokens=32768)
+    answers = [e.generate([GenerationRequest.user("p", key=q.qid)], sampling)[0] for e in (r1, plain)]
+    assert answers[0].startswith("<think>[simulated reasoning: ") and task.extract(answers[0]) is not None
+    reader = GenerationRequest.user(aggregation_prompt(task, q.text, answers), key=q.qid, role="aggregator")
+    quoted = 500 + round(plain.spec.constants.mean_length(32768))
+    assert plain.prompt_tokens(reader) == 300 + quoted
+    before = plain.clock.elapsed_s
+    plain.generate([reader], sampling)
+    assert plain.clock.elapsed_s - before == pytest.approx(plain.spec.constants.generate_s(1, 32768, 1, 300 + quoted))

@@ -33,7 +33,19 @@ the two that matter most to the paper's Table 6 and checks the rest):
   is full: ``kv_tokens / (prompt_tokens + E[length])`` of them. Past that,
   continuous batching is throughput-bound: all n * E[length] tokens, c at a
   time. A batch takes the larger of the two bounds.
-* Tensor parallel over g GPUs divides a step by ``1 + (g - 1) * tp_efficiency``.
+* Prompts: a question's prompt is ``prompt_tokens`` long. A prompt that
+  quotes other models' answers (the aggregator's, MoA's second layer) is
+  longer by those answers' lengths: a simulated answer carries its simulated
+  length in its text (``[simulated reasoning: N tokens]``), and the engine
+  counts what it reads. A reasoning model (``answer_tokens`` > 0) puts all but
+  ``answer_tokens`` of its response in a ``<think>`` section, which the
+  aggregation prompt strips as the reference does. Prefill costs
+  ``prefill_s_per_token`` per prompt token (compute-bound: ~6e-5 s for an 8B
+  model on an H100, ~16k tokens/s), and a long prompt takes KV cache, so
+  fewer sequences run at once.
+* Tensor parallel over g GPUs divides a step (and prefill) by
+  ``1 + (g - 1) * tp_efficiency``, and holds g times the KV cache (each GPU
+  keeps 1/g of every token's KV heads).
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -70,7 +83,13 @@ class CostConstants:
     prompt_tokens: int = 300
     #: seconds a step spends reading one token of one sequence's KV cache
     kv_s_per_token: float = 0.0
-    tp_efficiency: float = 0.5
+    #: seconds of prefill per prompt token
+    prefill_s_per_token: float = 0.0
+    #: a reasoning model's answer after its ``<think>`` section, in tokens (0: no thinking section); a prompt
+    #: that quotes the answer reads only this part, as the reference strips the thinking before aggregation
+    answer_tokens: int = 0
+    #: see the module docstring; 0.33 makes four GPUs ~2x one, what an 8B decode step gets after its all-reduces
+    tp_efficiency: float = 0.33
 
     def load_s(self, size_gb: float) -> float:
         """Cold load from disk."""
@@ -98,33 +117,52 @@ class CostConstants:
         longest = mean * sum(u**k / k for k in range(1, n + 1))
         return longest, mean * u
 
-    def concurrency(self, mean_len: float) -> int:
+    def concurrency(self, mean_len: float, prompt_tokens: float | None = None, tp: int = 1) -> int:
         """Sequences that run at once: ``max_batch``, or fewer when the KV cache fills first."""
         c = self.max_batch
         if self.kv_tokens > 0:
-            c = min(c, int(self.kv_tokens // max(1.0, self.prompt_tokens + mean_len)))
+            prompt = self.prompt_tokens if prompt_tokens is None else prompt_tokens
+            c = min(c, int(self.kv_tokens * max(1, tp) // max(1.0, prompt + mean_len)))
         return max(1, c)
 
-    def generate_s(self, n: int, out_tokens: int | None = None, tp: int = 1) -> float:
-        """Seconds for a batch of n prompts; ``out_tokens`` caps the lengths (a request's max_tokens)."""
+    def mean_length(self, out_tokens: int | None = None) -> float:
+        """Expected length of one response under a max_tokens of ``out_tokens``."""
+        return self._capped(out_tokens).lengths(1)[1]
+
+    def quoted_length(self, out_tokens: int | None = None) -> float:
+        """Tokens a prompt gains by quoting one answer (its thinking stripped)."""
+        mean = self.mean_length(out_tokens)
+        return min(mean, float(self.answer_tokens)) if self.answer_tokens > 0 else mean
+
+    def _capped(self, out_tokens: int | None) -> "CostConstants":
+        if out_tokens is None:
+            return self
+        if self.cap_tokens > 0:
+            return replace(self, cap_tokens=min(self.cap_tokens, out_tokens))
+        return replace(self, out_tokens=min(self.out_tokens, out_tokens))
+
+    def generate_s(self, n: int, out_tokens: int | None = None, tp: int = 1,
+                   prompt_tokens: float | None = None) -> float:
+        """Seconds for a batch of n prompts of ``prompt_tokens`` each (default: ``self.prompt_tokens``);
+        ``out_tokens`` caps the lengths (a request's max_tokens)."""
         if n <= 0:
             return 0.0
-        consts = self
-        if out_tokens is not None:
-            if self.cap_tokens > 0:
-                consts = replace(self, cap_tokens=min(self.cap_tokens, out_tokens))
-            else:
-                consts = replace(self, out_tokens=min(self.out_tokens, out_tokens))
-        longest, mean = consts.lengths(n)
-        c = self.concurrency(mean)
+        prompt = self.prompt_tokens if prompt_tokens is None else prompt_tokens
+        longest, mean = self._capped(out_tokens).lengths(n)
+        c = self.concurrency(mean, prompt, tp)
         # a sequence's step reads its KV cache: prompt + mean tokens on average over its life
-        per_seq = self.step_per_seq_s + self.kv_s_per_token * (self.prompt_tokens + mean)
+        per_seq = self.step_per_seq_s + self.kv_s_per_token * (prompt + mean)
         # latency bound: the longest response, with every sequence's reads on the way
         latency = self.step_fixed_s * longest + per_seq * n * mean
         # throughput bound (continuous batching): all tokens, c sequences at a time
         throughput = n * mean / c * (self.step_fixed_s + c * per_seq)
+        prefill = n * prompt * self.prefill_s_per_token
         speedup = 1.0 + (max(1, tp) - 1) * self.tp_efficiency
-        return max(latency, throughput) / speedup
+        return (prefill + max(latency, throughput)) / speedup
+
+
+#: how a simulated answer states its simulated length, so a prompt quoting it is as long as it would be
+QUOTED_LENGTH = re.compile(r"\[simulated reasoning: (\d+) tokens\]")
 
 
 class Clock:
@@ -250,6 +288,14 @@ class SimulatedEngine(Engine):
                 self._golds[q.qid] = q.gold or ""
         return self._golds.get(key) or None
 
+    def _reasoning(self, max_tokens: int) -> str:
+        """The answer's stand-in for its chain of thought: its simulated length, which a quoting prompt counts."""
+        consts = self.spec.constants
+        shown = round(consts.quoted_length(max_tokens))
+        hidden = round(consts.mean_length(max_tokens)) - shown
+        think = f"<think>[simulated reasoning: {hidden} tokens]</think>" if consts.answer_tokens > 0 else ""
+        return f"{think}[simulated reasoning: {shown} tokens]"
+
     def _answer(self, req: GenerationRequest, sampling: SamplingSettings) -> str:
         """Right with the skill's accuracy; otherwise a wrong option. Deterministic per (model, question, seed)."""
         task_name = (req.key or "GPQA/x/0").split("/")[0]
@@ -263,17 +309,26 @@ class SimulatedEngine(Engine):
         right = rng.random() < self.accuracy_for(list(req.meta.get("skills", ())))
         if task.answer_format == "boxed":
             value = gold if (right and gold) else str(rng.randint(0, 999))
-            return f"(simulated reasoning) The answer is \\boxed{{{value}}}"
+            return f"{self._reasoning(sampling.max_tokens)} The answer is \\boxed{{{value}}}"
         options = LETTERS[: task.num_choices]
         if right and gold:
             letter = gold
         else:
             letter = rng.choice([c for c in options if c != gold])
-        return f"(simulated reasoning) The answer is ({letter})"
+        return f"{self._reasoning(sampling.max_tokens)} The answer is ({letter})"
+
+    def prompt_tokens(self, req: GenerationRequest) -> float:
+        """The question's ``prompt_tokens`` plus the simulated lengths of the answers the prompt quotes."""
+        quoted = sum(int(m) for msg in req.messages for m in QUOTED_LENGTH.findall(msg.get("content", "")))
+        return self.spec.constants.prompt_tokens + quoted
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
         self.ensure_loaded()
-        self.clock.spend(self.spec.constants.generate_s(len(requests), sampling.max_tokens, self.tp))
+        if not requests:
+            return []
+        consts = self.spec.constants
+        prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
+        self.clock.spend(consts.generate_s(len(requests), sampling.max_tokens, self.tp, prompt))
         return [self._answer(r, sampling) for r in requests]
 
 
