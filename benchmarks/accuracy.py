@@ -6,12 +6,14 @@ Two parts:
   pool (eight real models' outputs, 2,100 test questions) for several seeds.
 * ``--real``: the real CPU pool (``deployments/local-cpu.yaml``: four small
   models on vLLM CPU) end to end -- keyword LLM, routing, experts, LLM
-  aggregator -- on a small fixed sample of each data set, with the baselines
-  that fit (single best model, fixed top-3 vote). The sample is tiny (a few
-  questions per data set on 2 CPU cores); the table says how tiny.
+  aggregator -- on a small fixed sample of each data set, with the baseline
+  that fits (the single best model; ``--methods`` adds others). On 2 CPU
+  cores one data set takes ~20 minutes (profiles on 12 validation questions,
+  then each method's loads and generations), so the sample is one or two
+  questions per data set; the table says how tiny.
 
     python benchmarks/accuracy.py                      # recorded pool, seeds 0,1,2
-    python benchmarks/accuracy.py --real --questions 2 # the real CPU pool too
+    python benchmarks/accuracy.py --real --no-recorded --questions 1   # the real CPU pool only
 
 Writes benchmarks/results/accuracy-recorded.{json,md,png} and accuracy-real-cpu.{json,md}.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,8 +46,8 @@ def bar_chart(methods: dict, title: str, path: Path) -> bool:
     errs = [100 * methods[n]["accuracy_std"] for n in names]
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(names) + 1.5))
     ax.barh(names, means, xerr=errs, color="#4a7ab5", ecolor="black", capsize=3)
-    for y, (m, n) in enumerate(zip(means, names)):
-        ax.text(m + 0.5, y, f"{m:.1f} ({methods[n]['calls_per_question']:.1f} calls)", va="center", fontsize=7)
+    for y, (m, e, n) in enumerate(zip(means, errs, names)):
+        ax.text(m + e + 0.5, y, f"{m:.1f} ({methods[n]['calls_per_question']:.1f} calls)", va="center", fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("accuracy % (mean over seeds, error bar = std)")
     ax.set_xlim(0, max(means) + 12)
@@ -79,30 +82,46 @@ def recorded(seeds: list[int]) -> None:
     write_results("accuracy-recorded", report, md)
 
 
-def real(n_questions: int, tasks: list[str], seed: int) -> None:
+REAL_METHODS = "single_best,skillmoe_paper_llm"
+
+
+def real(n_questions: int, tasks: list[str], seed: int, methods: list[str]) -> None:
+    """The real CPU pool, one data set after another; the result files are rewritten after each."""
     from skillmoe_ray.config import load_config
     from skillmoe_ray.evaluate import evaluate
     from skillmoe_ray.runtime import Runtime
     from skillmoe_ray.tasks import get_task
 
     cfg = load_config(ROOT / "deployments" / "local-cpu.yaml")
+    # one model runs at a time in this process: let each engine use the cores (the server's 1 thread per engine
+    # is for an expert worker and the aggregator side by side); threads are not part of the pool's profiles
+    for e in cfg.pool.experts:
+        e.engine_args.pop("threads", None)
     rt = Runtime.from_config(cfg)
     reports, rows = {}, []
     for name in tasks:
         task = get_task(name)
-        report = evaluate(rt, task, [seed], methods=["single_best", "fixed_top3_vote", "skillmoe_paper_llm"],
-                          sample=n_questions)
+        t0 = time.perf_counter()
+        rt.profiles(task)  # built once per pool and task on the validation split, then saved
+        t1 = time.perf_counter()
+        report = evaluate(rt, task, [seed], methods=methods, sample=n_questions)
+        report["profile_s"], report["evaluate_s"] = t1 - t0, time.perf_counter() - t1
         reports[name] = report
+        print(f"{name}: profiles {report['profile_s']:.0f} s, evaluation {report['evaluate_s']:.0f} s", flush=True)
         for m, r in report["methods"].items():
             rows.append([name, report["n_questions"], m, f"{100 * r['accuracy_mean']:.0f}",
-                         f"{r['calls_per_question']:.1f}"])
-    md = (f"Real CPU pool (`deployments/local-cpu.yaml`, {len(rt.experts)} models on vLLM CPU), seed {seed}. "
-          f"**Only {n_questions} test questions per data set**: one question moves accuracy by "
-          f"{100 / n_questions:.0f} points, so this shows the system running end to end on real models, not "
-          "which method is better.\n\n"
-          + markdown_table(["data set", "questions", "method", "accuracy %", "model calls/question"], rows) + "\n")
+                         f"{r['calls_per_question']:.1f}", f"{report['evaluate_s']:.0f}"])
+        md = (f"Real CPU pool (`deployments/local-cpu.yaml`, {len(rt.experts)} models on vLLM CPU), seed {seed}. "
+              f"**Only {n_questions} test question(s) per data set**: one question moves accuracy by "
+              f"{100 / n_questions:.0f} points, so this shows the system running end to end on real models, not "
+              "which method is better. Data sets not listed were not run.\n\n"
+              + markdown_table(["data set", "questions", "method", "accuracy %", "model calls/question",
+                                "evaluation s (all methods)"], rows) + "\n"
+              + f"\nProfiles (validation split, {cfg.profiling.max_questions} questions per data set; built once "
+              "and saved, 0 s when already built): "
+              + ", ".join(f"{n} {r['profile_s']:.0f} s" for n, r in reports.items()) + ".\n")
+        write_results("accuracy-real-cpu", {"reports": reports}, md)
     print(md)
-    write_results("accuracy-real-cpu", {"reports": reports}, md)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,11 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-recorded", action="store_true", help="skip the recorded pool")
     ap.add_argument("--questions", type=int, default=2, help="test questions per data set for --real")
     ap.add_argument("--tasks", default=",".join(TASKS), help="data sets for --real")
+    ap.add_argument("--methods", default=REAL_METHODS, help=f"methods for --real (default {REAL_METHODS}; "
+                    "each costs a load and a generation per expert it calls)")
     args = ap.parse_args(argv)
     if not args.no_recorded:
         recorded([int(s) for s in args.seeds.split(",")])
     if args.real:
-        real(args.questions, args.tasks.split(","), int(args.seeds.split(",")[0]))
+        real(args.questions, args.tasks.split(","), int(args.seeds.split(",")[0]), args.methods.split(","))
     return 0
 
 
