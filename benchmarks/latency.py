@@ -27,8 +27,16 @@ system: one worker per GPU, grouped, load-balanced, long jobs split, no sleep),
 
     python benchmarks/latency.py --quick     # < 5 minutes: W = 1 and 4 measured
     python benchmarks/latency.py             # all figures: W = 1, 2, 4, 8 measured
+    python benchmarks/latency.py --real      # real models: the CPU pool on vLLM CPU, 4 questions
 
-Writes benchmarks/results/latency-sim.{json,md,png}.
+With ``--real`` the pool is ``deployments/local-cpu.yaml`` (four small
+packaged models on vLLM's CPU build) on the first few GPQA test questions:
+the strategies through the same serving path, in wall seconds, with shorter
+generations than the config's (``--real-max-tokens``). It needs the pool's
+GPQA profiles (built on first use, or by ``benchmarks/accuracy.py --real``),
+and takes about 20 minutes on 2 cores.
+
+Writes benchmarks/results/latency-sim.{json,md,png} (``--real``: latency-real-cpu.{json,md}).
 """
 
 from __future__ import annotations
@@ -49,7 +57,8 @@ STRATEGIES = ("naive", "grouped", "planner", "moa", "single")
 REFERENCE_RELEASE_S = 10.0  # the reference sleeps 10 s after each expert
 
 
-def setup(config: str, state_dir: str):
+def setup(config: str, state_dir: str | None, task_name: str = "GPQA", limit: int | None = None):
+    """The pool, its profiles for the task, the test batch (the first ``limit`` questions), skills and routes."""
     from skillmoe_ray.config import load_config
     from skillmoe_ray.makespan import expert_work, pool_costs
     from skillmoe_ray.runtime import Runtime
@@ -57,14 +66,17 @@ def setup(config: str, state_dir: str):
     from skillmoe_ray.tasks import get_task
 
     cfg = load_config(config)
-    cfg.state_dir = state_dir
+    if state_dir:
+        cfg.state_dir = state_dir
     rt = Runtime.from_config(cfg, progress=True)
-    task = get_task("GPQA")
+    task = get_task(task_name)
     prof = rt.profiles(task)
-    questions = rt.questions(task, "test")
+    questions = rt.questions(task, "test")[:limit]
     skills = rt.skill_stage(prof).skills(questions)
     selections = make_router(cfg.routing, prof).route(questions, skills, 0)
-    costs = pool_costs(rt.experts, cfg.generation.max_tokens).with_constants(release_s=REFERENCE_RELEASE_S)
+    costs = None
+    if all(e.engine == "simulated" for e in rt.experts):
+        costs = pool_costs(rt.experts, cfg.generation.max_tokens).with_constants(release_s=REFERENCE_RELEASE_S)
     return {
         "cfg": cfg, "rt": rt, "task": task, "profiles": prof, "questions": questions, "skills": skills,
         "selections": selections, "work": expert_work(selections), "costs": costs,
@@ -89,7 +101,7 @@ def predict(s: dict, costs, strategy: str, workers: int, n_naive: int | None = N
         return reference_moa_s(n, s["top3"], s["aggregator"], tp, 2, s["agg_tokens"]) / n
     if strategy == "single":
         return single_s(n, s["best"], tp) / n
-    return planner_s(s["work"], s["aggregator"], n, costs, workers, s["agg_tokens"]) / n
+    return planner_s(s["selections"], s["aggregator"], costs, workers, s["agg_tokens"]) / n
 
 
 def calibrate(s: dict):
@@ -103,6 +115,25 @@ def calibrate(s: dict):
         strategy, w = key.split("@")
         checks[key] = (predict(s, fitted, strategy, int(w)), published)
     return fitted, {"load_fixed_s": load_fixed, "step_fixed_s": step_fixed}, checks
+
+
+def sensitivity(s: dict, efficiencies=(0.25, 0.33, 0.5, 0.75)) -> list[dict]:
+    """The check figures when the one assumed constant that matters most to them, TP efficiency, is changed.
+
+    Each row refits the two free constants first, so it shows what the
+    assumption does to the figures the fit does not touch.
+    """
+    out = []
+    base = s["costs"]
+    try:
+        for eff in efficiencies:
+            s["costs"] = base.with_constants(tp_efficiency=eff)
+            _, constants, checks = calibrate(s)
+            out.append({"tp_efficiency": eff, **constants,
+                        **{k: p for k, (p, _) in checks.items() if k not in ("naive@1", "grouped@1")}})
+    finally:
+        s["costs"] = base
+    return out
 
 
 # ---------------------------------------------------------------- measured runs
@@ -124,15 +155,63 @@ def run_moa(executor, task, questions, proposers, aggregator, sampling, agg_toke
                  SamplingSettings(0.7, agg_tokens, seed=sampling.seed))
 
 
-def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive: int) -> dict:
-    """Wall seconds of one strategy through the serving path, converted to simulated seconds per question."""
-    import ray
-
+def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
+    """One strategy over the batch through ``executor``; returns how many questions it answered."""
     from skillmoe_ray.engines.base import SamplingSettings
     from skillmoe_ray.pipeline import Pipeline
-    from skillmoe_ray.serving.executor import RayExecutor, start_workers
     from skillmoe_ray.strategies import LLMAggregator, make_router
 
+    cfg, task = s["cfg"], s["task"]
+    sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens, seed=0)
+    questions, skills = s["questions"], s["skills"]
+    router = make_router(cfg.routing, s["profiles"])
+    aggregator = LLMAggregator(s["aggregator"], s["agg_tokens"])
+    if strategy == "naive":
+        pipe = Pipeline(task, None, router, aggregator, executor, sampling)
+        # the paper's router draws per question from its text: one question alone routes as in the batch
+        for q, sk in zip(questions[:n_naive], skills[:n_naive]):
+            pipe.solve([q], seed=0, skills=[sk])
+        return min(n_naive, len(questions))
+    if strategy in ("grouped", "planner"):
+        Pipeline(task, None, router, aggregator, executor, sampling).solve(questions, seed=0, skills=skills)
+    elif strategy == "moa":
+        run_moa(executor, task, questions, s["top3"], s["aggregator"], sampling, s["agg_tokens"])
+    else:
+        from skillmoe_ray.aggregation import expert_prompt
+        from skillmoe_ray.engines.base import GenerationRequest
+
+        reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid) for q in questions]
+        executor.run({s["best"]: [(i, 0, r) for i, r in enumerate(reqs)]}, sampling)
+    return len(questions)
+
+
+def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: float, plan_costs,
+          n_naive: int, reference: bool, prefetch: bool = False) -> dict:
+    """Start worker actors for ``experts``, run one strategy, and stop them; wall seconds and load counts."""
+    import ray
+
+    from skillmoe_ray.serving.executor import RayExecutor, start_workers
+
+    handles, pg = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
+                                host_budget_gb=0.0 if reference else None, prefetch=prefetch and not reference,
+                                release_after=reference, timeout_s=600)
+    try:
+        ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
+        executor = RayExecutor(handles, plan_costs, 1, [e.name for e in experts])
+        t0 = time.perf_counter()
+        n = run_strategy(s, executor, strategy, n_naive)
+        wall = time.perf_counter() - t0
+        infos = ray.get([h.info.remote() for h in handles])
+    finally:
+        for h in handles:
+            ray.kill(h)
+        ray.util.remove_placement_group(pg)
+    return {"wall_s": wall, "questions": n, "loads": sum(i["loads"] for i in infos),
+            "load_seconds": sum(i["load_seconds"] for i in infos)}
+
+
+def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive: int) -> dict:
+    """Wall seconds of one strategy through the serving path, converted to simulated seconds per question."""
     reference = strategy != "planner"
     experts = []
     for e in s["rt"].experts:
@@ -143,45 +222,70 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
                     tensor_parallel_size=workers if reference else 1)
         experts.append(e.model_copy(update={"engine_args": args}))
     n_actors, gpus = (1, workers) if reference else (workers, 1)
-    handles, pg = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=0.5,
-                                host_budget_gb=0.0 if reference else None, release_after=reference)
-    try:
-        ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
-        plan_costs = replace(fitted.with_constants(release_s=REFERENCE_RELEASE_S if reference else 0.0),
-                             tp=workers if reference else 1)
-        executor = RayExecutor(handles, plan_costs, 1, [e.name for e in experts])
-        cfg, task = s["cfg"], s["task"]
-        sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens, seed=0)
-        questions, skills = s["questions"], s["skills"]
-        router = make_router(cfg.routing, s["profiles"])
-        aggregator = LLMAggregator(s["aggregator"], s["agg_tokens"])
-        t0 = time.perf_counter()
-        if strategy == "naive":
-            pipe = Pipeline(task, None, router, aggregator, executor, sampling)
-            # the paper's router draws per question from its text: one question alone routes as in the batch
-            for q, sk in zip(questions[:n_naive], skills[:n_naive]):
-                pipe.solve([q], seed=0, skills=[sk])
-            n = n_naive
-        elif strategy in ("grouped", "planner"):
-            Pipeline(task, None, router, aggregator, executor, sampling).solve(
-                questions, seed=0, skills=skills)
-            n = len(questions)
-        elif strategy == "moa":
-            run_moa(executor, task, questions, s["top3"], s["aggregator"], sampling, s["agg_tokens"])
-            n = len(questions)
-        else:
-            from skillmoe_ray.aggregation import expert_prompt
-            from skillmoe_ray.engines.base import GenerationRequest
+    plan_costs = replace(fitted.with_constants(release_s=REFERENCE_RELEASE_S if reference else 0.0),
+                         tp=workers if reference else 1)
+    m = timed(s, experts, strategy, n_actors, gpus, 0.5, plan_costs, n_naive, reference)
+    return {**m, "per_question_s": m["wall_s"] / scale / m["questions"]}
 
-            reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid) for q in questions]
-            executor.run({s["best"]: [(i, 0, r) for i, r in enumerate(reqs)]}, sampling)
-            n = len(questions)
-        wall = time.perf_counter() - t0
+
+def measure_real(s: dict, strategy: str, workers: int, n_naive: int) -> dict:
+    """Real models: the reference strategies on one worker (no tensor parallel on a CPU), the planner on W."""
+    from skillmoe_ray.serving.executor import cost_model_for
+
+    experts = list(s["rt"].experts)
+    reference = strategy != "planner"
+    m = timed(s, experts, strategy, 1 if reference else workers, 0, 1, cost_model_for(experts), n_naive,
+              reference, prefetch=True)
+    return {**m, "per_question_s": m["wall_s"] / m["questions"]}
+
+
+def main_real(args) -> int:
+    """``--real``: the CPU pool through real vLLM engines on a small batch; wall seconds per question."""
+    from skillmoe_ray.serving.local import ensure_ray_env
+
+    measured_w = [int(w) for w in (args.workers or "1,2").split(",")]
+    s = setup(args.real_config, None, args.real_task, args.real_questions)
+    if args.real_max_tokens:
+        s["cfg"].generation.max_tokens = args.real_max_tokens
+        s["agg_tokens"] = 2 * args.real_max_tokens
+    print(f"\n{len(s['questions'])} {args.real_task} test questions; routes: "
+          + "; ".join(", ".join(sel) for sel in s["selections"]), flush=True)
+    ensure_ray_env()
+    import ray
+
+    ray.init(address="local", include_dashboard=False, num_cpus=max(2, max(measured_w)), log_to_driver=False,
+             configure_logging=False)
+    rows = []
+    try:
+        for strategy in args.real_strategies.split(","):
+            for w in (measured_w if strategy == "planner" else [1]):
+                m = measure_real(s, strategy, w, args.naive_questions or 2)
+                rows.append({"strategy": strategy, "workers": w, **m})
+                print(f"  W={w} {strategy:8s} {m['per_question_s']:7.1f} s/q over {m['questions']} questions "
+                      f"({m['wall_s']:.0f} s wall; {m['loads']} cold loads, {m['load_seconds']:.0f} s loading)",
+                      flush=True)
     finally:
-        for h in handles:
-            ray.kill(h)
-        ray.util.remove_placement_group(pg)
-    return {"wall_s": wall, "per_question_s": wall / scale / n, "questions": n}
+        ray.shutdown()
+    table = markdown_table(["strategy", "workers", "questions", "wall s", "s/question", "cold loads",
+                            "loading s (share)"],
+                           [[r["strategy"], r["workers"], r["questions"], f"{r['wall_s']:.0f}",
+                             f"{r['per_question_s']:.1f}", r["loads"],
+                             f"{r['load_seconds']:.0f} ({100 * r['load_seconds'] / r['wall_s']:.0f}%)"] for r in rows])
+    setting = (f"Real CPU pool (`{os.path.relpath(args.real_config, ROOT)}`: {len(s['rt'].experts)} models on "
+               f"vLLM CPU), the first {len(s['questions'])} {args.real_task} test questions (naive: the first "
+               f"{args.naive_questions or 2}), k={s['cfg'].routing.k}, LLM aggregator {s['aggregator']}, MoA "
+               f"proposers {', '.join(s['top3'])}, single model {s['best']}; max_tokens "
+               f"{s['cfg'].generation.max_tokens} for experts and {s['agg_tokens']} for the aggregator. "
+               "Wall seconds on this machine. "
+               "The reference strategies run on one worker (a CPU has no tensor parallel); the planner on each "
+               "worker count (one torch thread per worker).")
+    md = f"{setting}\n\n{table}\n"
+    print("\n" + md)
+    jpath, mpath = write_results(args.name if args.name != "latency-sim" else "latency-real-cpu",
+                                 {"setting": setting, "rows": rows,
+                                  "routes": [list(sel) for sel in s["selections"]]}, md)
+    print(f"wrote {jpath}, {mpath}")
+    return 0
 
 
 def plot(rows: dict, worker_counts: list[int], path: Path) -> bool:
@@ -228,7 +332,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-questions", type=int, default=None, help="questions run naively (default 16; quick 4)")
     ap.add_argument("--predict-only", action="store_true", help="no Ray runs: calibration and predictions only")
     ap.add_argument("--name", default="latency-sim")
+    ap.add_argument("--real", action="store_true", help="measure real models instead: the CPU pool through vLLM CPU "
+                    "on a small batch (--workers then defaults to 1,2)")
+    ap.add_argument("--real-config", default=str(ROOT / "deployments" / "local-cpu.yaml"))
+    ap.add_argument("--real-task", default="GPQA")
+    ap.add_argument("--real-questions", type=int, default=4, help="test questions in the real batch (default 4)")
+    ap.add_argument("--real-strategies", default="naive,grouped,planner,single",
+                    help="strategies for --real (default naive,grouped,planner,single; moa runs 7 model calls)")
+    ap.add_argument("--real-max-tokens", type=int, default=128,
+                    help="max_tokens of the experts for --real (the aggregator gets twice this; default 128, so a "
+                         "run fits in ~20 minutes on 2 cores; 0 keeps the config's)")
     args = ap.parse_args(argv)
+    if args.real:
+        return main_real(args)
     measured_w = [int(w) for w in (args.workers or ("1,4" if args.quick else "1,2,4,8")).split(",")]
     scale = args.scale or (0.001 if args.quick else 0.004)
     n_naive = args.naive_questions or (4 if args.quick else 16)
@@ -240,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     cal_rows = [[k, f"{p:.2f}", f"{ref:.2f}", f"{100 * (p - ref) / ref:+.1f}%", "fitted" if k in ("naive@1", "grouped@1")
                  else "predicted"] for k, (p, ref) in checks.items()]
     cal_md = markdown_table(["figure", "model s/question", "paper s/question", "error", ""], cal_rows)
-    print(cal_md)
+    sens = sensitivity(s)
+    checked = [k for k in PAPER if k not in ("naive@1", "grouped@1")]
+    sens_md = markdown_table(["TP efficiency", "fitted step (ms)", *checked], [
+        [r["tp_efficiency"], f"{1000 * r['step_fixed_s']:.2f}",
+         *(f"{r[k]:.2f} ({100 * (r[k] - PAPER[k]) / PAPER[k]:+.0f}%)" for k in checked)] for r in sens])
+    print(cal_md + "\n\nSensitivity to the assumed TP efficiency (refitted each time):\n" + sens_md)
 
     rows: dict = {}
     for strategy in STRATEGIES:
@@ -301,13 +422,16 @@ def main(argv: list[str] | None = None) -> int:
                f"{n_naive} questions.")
     full_md = (f"{setting}\n\n## Calibration\n\nFitted: `load_fixed_s` = {constants['load_fixed_s']:.2f} s, "
                f"`step_fixed_s` = {1000 * constants['step_fixed_s']:.2f} ms.\n\n{cal_md}\n\n"
+               f"The one assumed constant the check figures depend on most is the TP efficiency "
+               f"(the config's {s['costs'].pool[s['best']].constants.tp_efficiency}). With it changed and the two "
+               f"constants refitted:\n\n{sens_md}\n\n"
                f"## Seconds per question\n\n{md}\n\n## Goals\n\n{goals_md}\n")
     png = RESULTS / f"{args.name}.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if plot(rows, worker_counts, png):
         full_md += f"\n![seconds per question]({png.name})\n"
     payload = {
-        "setting": setting, "fitted": constants,
+        "setting": setting, "fitted": constants, "sensitivity": sens,
         "calibration": {k: {"model": p_, "paper": ref} for k, (p_, ref) in checks.items()},
         "rows": [{"strategy": st, "workers": w, **r} for (st, w), r in rows.items()],
         "goals": {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in goals.items()},
