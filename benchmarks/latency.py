@@ -36,7 +36,8 @@ generations than the config's (``--real-max-tokens``). It needs the pool's
 GPQA profiles (built on first use, or by ``benchmarks/accuracy.py --real``),
 and takes about 20 minutes on 2 cores.
 
-Writes benchmarks/results/latency-sim.{json,md,png} (``--real``: latency-real-cpu.{json,md}).
+Writes benchmarks/results/latency-sim.{json,md,png} (``--quick``: latency-sim-quick.*; ``--real``:
+latency-real-cpu.{json,md}).
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ def main_real(args) -> int:
                "worker count (one torch thread per worker).")
     md = f"{setting}\n\n{table}\n"
     print("\n" + md)
-    jpath, mpath = write_results(args.name if args.name != "latency-sim" else "latency-real-cpu",
+    jpath, mpath = write_results(args.name or "latency-real-cpu",
                                  {"setting": setting, "rows": rows,
                                   "routes": [list(sel) for sel in s["selections"]]}, md)
     print(f"wrote {jpath}, {mpath}")
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default 0.004; quick 0.001)")
     ap.add_argument("--naive-questions", type=int, default=None, help="questions run naively (default 16; quick 4)")
     ap.add_argument("--predict-only", action="store_true", help="no Ray runs: calibration and predictions only")
-    ap.add_argument("--name", default="latency-sim")
+    ap.add_argument("--name", default=None, help="result file name (default latency-sim, latency-sim-quick with "
+                    "--quick, latency-real-cpu with --real)")
     ap.add_argument("--real", action="store_true", help="measure real models instead: the CPU pool through vLLM CPU "
                     "on a small batch (--workers then defaults to 1,2)")
     ap.add_argument("--real-config", default=str(ROOT / "deployments" / "local-cpu.yaml"))
@@ -345,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.real:
         return main_real(args)
+    args.name = args.name or ("latency-sim-quick" if args.quick else "latency-sim")
     measured_w = [int(w) for w in (args.workers or ("1,4" if args.quick else "1,2,4,8")).split(",")]
     scale = args.scale or (0.001 if args.quick else 0.004)
     n_naive = args.naive_questions or (4 if args.quick else 16)

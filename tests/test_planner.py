@@ -57,3 +57,15 @@ def test_grouping_beats_per_question_loading():
 def test_no_workers_is_an_error():
     with pytest.raises(ValueError):
         plan_grouped({"a": 1}, [], COST)
+
+
+def test_real_engines_pay_an_engine_start():
+    """A vLLM start is seconds whatever the model's size; a recording loads at once."""
+    from skillmoe_ray.config import ExpertConfig, load_config
+    from skillmoe_ray.serving.executor import cost_model_for
+
+    from pathlib import Path
+
+    experts = load_config(Path(__file__).resolve().parent.parent / "deployments" / "local-cpu.yaml").pool.experts
+    cost = cost_model_for(experts + [ExpertConfig(name="rec", engine="recorded", model="x.jsonl")])
+    assert all(15.0 < cost.load(e.name) < 20.0 for e in experts) and cost.load("rec") == 0.0

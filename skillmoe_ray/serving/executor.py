@@ -20,18 +20,27 @@ from ..planner import Assignment, CostModel, Costs, WorkerState, plan_grouped
 from .workers import AggregatorWorker, ExpertWorker
 
 
-def cost_model_for(experts: Sequence[ExpertConfig]) -> CostModel:
-    """Planning costs: recordings load instantly; real models in proportion to their size.
+#: seconds an engine takes to start before its weights arrive: a vLLM engine
+#: builds its scheduler, KV cache and (on a GPU) CUDA graphs -- measured 6-23 s
+#: for 0.1-1.5B models on vLLM CPU (benchmarks/swap.py), 30-60 s for an 8B on a GPU
+ENGINE_START_S = {"recorded": 0.0, "simulated": 0.0, "transformers": 2.0, "vllm": 15.0}
 
-    The constants are deliberately coarse (load at 2 GB/s, 50 ms a prompt):
-    the planner only needs relative sizes to balance workers.
+
+def cost_model_for(experts: Sequence[ExpertConfig]) -> CostModel:
+    """Planning costs: recordings load instantly; real models pay an engine start plus their weights.
+
+    The constants are coarse (start by engine, weights at 2 GB/s, 50 ms a
+    prompt): the planner needs relative sizes to balance workers, and the
+    start so that it does not split a small job over workers when a second
+    load costs more than the split saves (a vLLM start is seconds, not the
+    0.3 s a 0.5 GB model's weights alone would suggest).
     """
     load = {}
     for e in experts:
         if e.engine == "recorded":
             load[e.name] = 0.0
         else:
-            load[e.name] = (e.size_gb or 1.0) / 2.0
+            load[e.name] = ENGINE_START_S.get(e.engine, 5.0) + (e.size_gb or 1.0) / 2.0
     return CostModel(load_s=load, default_per_prompt_s=0.05)
 
 
