@@ -57,14 +57,13 @@ class SimulatedCosts:
     def generate(self, expert: str, n: int) -> float:
         return self.pool[expert].constants.generate_s(n, self.max_tokens, self.tp, self.prompt_tokens)
 
-    def quoting(self, reader: str, groups: Sequence[Sequence[str]], answer_max_tokens: int | None = None
-                ) -> float:
-        """Mean prompt length when ``reader`` reads, for each prompt, the answers of one group of models."""
-        cap = self.max_tokens if answer_max_tokens is None else answer_max_tokens
+    def quoting(self, reader: str, groups: Sequence[Sequence[str]]) -> float:
+        """Mean prompt length when ``reader`` reads, for each prompt, the answers of one group of models
+        (answers written under this ``max_tokens``)."""
         base = self.pool[reader].constants.prompt_tokens
         if not groups:
             return float(base)
-        quoted = sum(self.pool[e].constants.quoted_length(cap) for g in groups for e in g)
+        quoted = sum(self.pool[e].constants.quoted_length(self.max_tokens) for g in groups for e in g)
         return base + quoted / len(groups)
 
     def with_constants(self, **changes: float) -> "SimulatedCosts":

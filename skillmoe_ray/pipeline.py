@@ -85,18 +85,16 @@ class LocalExecutor:
     aggregates) pay one load, not one each.
     """
 
-    def __init__(self, engines: Mapping[str, Engine], progress: bool = False, keep_resident: bool = False):
+    def __init__(self, engines: Mapping[str, Engine], progress: bool = False):
         self.engines = dict(engines)
         self.progress = progress
-        #: never park (an aggregator's single model stays loaded between batches)
-        self.keep_resident = keep_resident
         #: expert -> why it is out of service (a load failed); routing avoids these
         self.unhealthy: dict[str, str] = {}
         self._held: Engine | None = None
 
     def _make_room_for(self, engine: Engine) -> None:
         held = self._held
-        if held is not None and held is not engine and not self.keep_resident and held.loaded:
+        if held is not None and held is not engine and held.loaded:
             held.park()
         self._held = None if getattr(engine, "cheap_residency", False) else engine
 

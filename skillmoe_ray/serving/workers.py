@@ -196,8 +196,8 @@ class AggregatorWorker:
         task = get_task(task_name)
         if self.mode == "llm" and self.engine is not None:
             agg = LLMAggregator(self.engine.name, self.max_tokens)
-            executor = LocalExecutor({self.engine.name: self.engine}, keep_resident=True)
-            return agg.aggregate(task, questions, answers, executor, seed)
+            # its only model: the executor never parks it, so it stays loaded between batches
+            return agg.aggregate(task, questions, answers, LocalExecutor({self.engine.name: self.engine}), seed)
         ranking = self.ranking_by_task.get(task_name, [])
         if self.mode == "weighted_vote":
             agg = WeightedVoteAggregator(ranking, self.weights_by_task.get(task_name, {}))
