@@ -11,7 +11,7 @@ The pool is ``deployments/paper-scale-sim.yaml``: the paper's 16 models of
    fitted to: grouped on four GPUs (10.85 s), MoA on one (45.98 s) and on four
    (21.66 s).
 2. **Predicted** seconds per question for every strategy and worker count,
-   from the pure functions in :mod:`skillmoe_ray.makespan`.
+   from the pure functions in :mod:`skillmoe_ray.scheduling.makespan`.
 3. **Measured**: each strategy runs through the real serving path (the
    pipeline, RayExecutor, planner and ExpertWorker actors on a private Ray
    cluster) with simulated experts that sleep the cost model's time, scaled by
@@ -61,7 +61,7 @@ REFERENCE_RELEASE_S = 10.0  # the reference sleeps 10 s after each expert
 def setup(config: str, state_dir: str | None, task_name: str = "GPQA", limit: int | None = None):
     """The pool, its profiles for the task, the test batch (the first ``limit`` questions), skills and routes."""
     from skillmoe_ray.config import load_config
-    from skillmoe_ray.makespan import expert_work, pool_costs
+    from skillmoe_ray.scheduling.makespan import expert_work, pool_costs
     from skillmoe_ray.runtime import Runtime
     from skillmoe_ray.strategies import make_router
     from skillmoe_ray.tasks import get_task
@@ -88,7 +88,7 @@ def setup(config: str, state_dir: str | None, task_name: str = "GPQA", limit: in
 
 def predict(s: dict, costs, strategy: str, workers: int, n_naive: int | None = None) -> float:
     """Predicted seconds per question."""
-    from skillmoe_ray.makespan import (planner_s, reference_grouped_s, reference_moa_s, reference_naive_s,
+    from skillmoe_ray.scheduling.makespan import (planner_s, reference_grouped_s, reference_moa_s, reference_naive_s,
                                        single_s)
 
     n = len(s["questions"])
@@ -106,7 +106,7 @@ def predict(s: dict, costs, strategy: str, workers: int, n_naive: int | None = N
 
 
 def calibrate(s: dict):
-    from skillmoe_ray.makespan import fit_two
+    from skillmoe_ray.scheduling.makespan import fit_two
 
     load_fixed, step_fixed = fit_two(lambda c: predict(s, c, "naive", 1), lambda c: predict(s, c, "grouped", 1),
                                      PAPER["naive@1"], PAPER["grouped@1"], s["costs"])

@@ -14,13 +14,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
-
-from tqdm import tqdm
+from typing import Protocol, Sequence
 
 from .aggregation import expert_prompt, vote_settled
-from .engines.base import Engine, GenerationRequest, SamplingSettings
-from .errors import ConfigError, EngineError
+from .engines.base import GenerationRequest, SamplingSettings
+from .errors import EngineError
+from .execution import Executor, ExpertPlan, describe_unhealthy, group_by_expert
 from .skills.extract import SkillAligner, SkillExtractor
 from .tasks import Question, Task
 
@@ -46,101 +45,6 @@ class Solution:
     @property
     def calls(self) -> int:
         return len(self.answers)
-
-
-#: (question position, slot) -> request, grouped by expert
-ExpertPlan = dict[str, list[tuple[int, int, GenerationRequest]]]
-
-
-def group_by_expert(selections: Sequence[Sequence[str]], requests: Sequence[GenerationRequest]) -> ExpertPlan:
-    """Expert-grouped sub-batches: every expert appears once, with all its prompts of the batch.
-
-    Experts come in order of first use so a plan is deterministic.
-    """
-    plan: ExpertPlan = defaultdict(list)
-    for qi, experts in enumerate(selections):
-        for slot, expert in enumerate(experts):
-            plan[expert].append((qi, slot, requests[qi]))
-    return dict(plan)
-
-
-class Executor(Protocol):
-    """Runs expert-grouped plans. Items of an expert that failed to load are left out of
-    the result, and the expert is listed in ``unhealthy`` with the reason."""
-
-    unhealthy: dict[str, str]
-
-    def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]: ...
-
-    def engine(self, name: str) -> Engine: ...
-
-
-class LocalExecutor:
-    """Runs a plan in this process, one expert at a time, each loaded once per batch.
-
-    Engines whose residency costs nothing (recordings) stay loaded. Of the
-    rest one is held at a time: it stays loaded after its sub-batch and is
-    parked only when another model needs the memory, so consecutive calls on
-    one model (the keyword LLM's five samples, a batch's expert that also
-    aggregates) pay one load, not one each.
-    """
-
-    def __init__(self, engines: Mapping[str, Engine], progress: bool = False):
-        self.engines = dict(engines)
-        self.progress = progress
-        #: expert -> why it is out of service (a load failed); routing avoids these
-        self.unhealthy: dict[str, str] = {}
-        self._held: Engine | None = None
-
-    def _make_room_for(self, engine: Engine) -> None:
-        held = self._held
-        if held is not None and held is not engine and held.loaded:
-            held.park()
-        self._held = None if getattr(engine, "cheap_residency", False) else engine
-
-    def engine(self, name: str) -> Engine:
-        try:
-            return self.engines[name]
-        except KeyError:
-            raise ConfigError(f"no expert named {name!r} in the pool (have: {', '.join(self.engines)})") from None
-
-    def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
-        out: dict[tuple[int, int], str] = {}
-        items = plan.items()
-        bar = tqdm(items, desc="experts", unit="model", disable=not self.progress or len(plan) < 2, leave=False)
-        for name, work in bar:
-            engine = self.engine(name)
-            self._make_room_for(engine)
-            try:
-                engine.ensure_loaded()
-            except Exception as exc:  # its items stay unanswered; the pipeline re-routes them
-                self.unhealthy[name] = f"load failed: {exc}"
-                continue
-            texts = engine.generate([req for _, _, req in work], sampling)
-            for (qi, slot, _), text in zip(work, texts):
-                out[(qi, slot)] = text
-        return out
-
-
-def describe_unhealthy(unhealthy: Mapping[str, str]) -> str:
-    return "; ".join(f"{e}: {why}" for e, why in unhealthy.items())
-
-
-class ExecutorEngine(Engine):
-    """An engine that lives wherever the executor keeps its models.
-
-    Lets model work outside expert answering (the keyword LLM) run on the
-    worker pool like any other model work, in-process or on Ray actors.
-    """
-
-    def __init__(self, executor: Executor, name: str):
-        super().__init__(name)
-        self.executor = executor
-        self._loaded = True  # the executor loads the model where it runs
-
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
-        texts = self.executor.run({self.name: [(i, 0, r) for i, r in enumerate(requests)]}, sampling)
-        return [texts[(i, 0)] for i in range(len(requests))]
 
 
 class Router(Protocol):

@@ -19,7 +19,8 @@ from .config import Config, ExpertConfig
 from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .engines.registry import create_engine
 from .errors import ConfigError, DataError, EngineError
-from .pipeline import Executor, ExecutorEngine, LocalExecutor, describe_unhealthy, SkillStage, group_by_expert
+from .execution import Executor, ExecutorEngine, LocalExecutor, describe_unhealthy, group_by_expert
+from .pipeline import SkillStage
 from .pool import pool_experts, pool_fingerprint
 from .profiles import Profiles, build_profiles
 from .skills.embeddings import Embedder, get_embedder

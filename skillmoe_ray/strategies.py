@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from .aggregation import aggregation_prompt, weighted_vote
 from .engines.base import GenerationRequest, SamplingSettings
-from .pipeline import ExpertAnswer, Executor
+from .execution import Executor
+from .pipeline import ExpertAnswer
 from .profiles import Profiles
 from .routing import route_calibrated, route_fixed, route_paper, route_random, route_top_by_weight, skill_accuracy
 from .tasks import Question, Task

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from skillmoe_ray.planner import CostModel, WorkerState, plan_grouped, plan_naive
+from skillmoe_ray.scheduling.planner import CostModel, WorkerState, plan_grouped, plan_naive
 
 COST = CostModel(default_load_s=10.0, default_per_prompt_s=1.0)
 

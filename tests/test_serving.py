@@ -8,7 +8,7 @@ import pytest
 from httpclient import get, post
 
 from skillmoe_ray.pipeline import Pipeline
-from skillmoe_ray.planner import CostModel
+from skillmoe_ray.scheduling.planner import CostModel
 from skillmoe_ray.strategies import VoteAggregator, make_router
 from skillmoe_ray.tasks import Question, get_task
 
@@ -82,7 +82,7 @@ def test_workers_own_their_logical_gpus_and_follow_the_plan(ray_cluster, recorde
     import ray
 
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
-    from skillmoe_ray.pipeline import group_by_expert
+    from skillmoe_ray.execution import group_by_expert
     from skillmoe_ray.serving.executor import RayExecutor, start_workers
 
     workers, pg = start_workers(recorded_runtime.experts, 2, gpus_per_worker=1, cpus_per_worker=0.5)

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 from ..config import ExpertConfig
 from ..engines.base import Engine, SamplingSettings
 from ..errors import EngineError
-from ..pipeline import ExpertPlan
-from ..planner import Assignment, CostModel, Costs, WorkerState, plan_grouped
+from ..execution import ExpertPlan
+from ..scheduling.planner import Assignment, CostModel, Costs, WorkerState, plan_grouped
 from .workers import AggregatorWorker, ExpertWorker
 
 
