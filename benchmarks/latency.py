@@ -63,7 +63,7 @@ def setup(config: str, state_dir: str | None, task_name: str = "GPQA", limit: in
     from skillmoe_ray.config import load_config
     from skillmoe_ray.scheduling.makespan import expert_work, pool_costs
     from skillmoe_ray.runtime import Runtime
-    from skillmoe_ray.strategies import make_router
+    from skillmoe_ray.routers import make_router
     from skillmoe_ray.tasks import get_task
 
     cfg = load_config(config)
@@ -160,7 +160,8 @@ def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
     """One strategy over the batch through ``executor``; returns how many questions it answered."""
     from skillmoe_ray.engines.base import SamplingSettings
     from skillmoe_ray.pipeline import Pipeline
-    from skillmoe_ray.strategies import LLMAggregator, make_router
+    from skillmoe_ray.aggregators import LLMAggregator
+    from skillmoe_ray.routers import make_router
 
     cfg, task = s["cfg"], s["task"]
     sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens, seed=0)
@@ -191,22 +192,27 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
     """Start worker actors for ``experts``, run one strategy, and stop them; wall seconds and load counts."""
     import ray
 
-    from skillmoe_ray.serving.executor import RayExecutor, start_workers
+    from skillmoe_ray.serving.actors import start_workers, stop_actors
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
 
-    handles, pg = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
-                                host_budget_gb=0.0 if reference else None, prefetch=prefetch and not reference,
-                                release_after=reference, timeout_s=600)
+    host_budget = 0.0 if reference else None
+    fetch = prefetch and not reference
+    handles, pg, _ = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
+                                   host_budget_gb=host_budget, prefetch=fetch, release_after=reference, timeout_s=600)
+    executor = None
     try:
         ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
-        executor = RayExecutor(handles, plan_costs, 1, [e.name for e in experts])
+        limits = limits_from(ray.get(handles[0].traits.remote()), 1, host_budget, fetch, reference)
+        # the scheduler the server runs: planning, residency prediction and per-job dispatch
+        executor = RayExecutor(Scheduler(handles, limits, plan_costs))
         t0 = time.perf_counter()
         n = run_strategy(s, executor, strategy, n_naive)
         wall = time.perf_counter() - t0
         infos = ray.get([h.info.remote() for h in handles])
     finally:
-        for h in handles:
-            ray.kill(h)
-        ray.util.remove_placement_group(pg)
+        if executor is not None:
+            executor.close()
+        stop_actors(handles, pg)
     return {"wall_s": wall, "questions": n, "loads": sum(i["loads"] for i in infos),
             "load_seconds": sum(i["load_seconds"] for i in infos)}
 
@@ -231,7 +237,7 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
 
 def measure_real(s: dict, strategy: str, workers: int, n_naive: int) -> dict:
     """Real models: the reference strategies on one worker (no tensor parallel on a CPU), the planner on W."""
-    from skillmoe_ray.serving.executor import cost_model_for
+    from skillmoe_ray.serving.actors import cost_model_for
 
     experts = list(s["rt"].experts)
     reference = strategy != "planner"

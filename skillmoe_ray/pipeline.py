@@ -13,62 +13,26 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
-from .aggregation import expert_prompt, vote_settled
+from .aggregation import vote_settled
+from .aggregators import Aggregator
 from .engines.base import GenerationRequest, SamplingSettings
 from .errors import EngineError
 from .execution import Executor, ExpertPlan, describe_unhealthy, group_by_expert
+from .prompts import expert_prompt
+from .routers import Router
 from .skills.extract import SkillAligner, SkillExtractor
+from .solution import ExpertAnswer, Solution
 from .tasks import Question, Task
 
 
-@dataclass(frozen=True)
-class ExpertAnswer:
-    expert: str
-    response: str
-    pred: str | None
-
-
-@dataclass
-class Solution:
-    question: Question
-    skills: list[str]
-    experts: list[str]
-    answers: list[ExpertAnswer]
-    answer: str | None
-    response: str
-    aggregator: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def calls(self) -> int:
-        return len(self.answers)
-
-
-class Router(Protocol):
-    """Chooses each question's experts for a whole batch.
-
-    A router with ``cascade = True`` returns experts in the order they should
-    be asked; the pipeline then asks them in rounds and stops a question as
-    soon as its vote can no longer change (see :func:`aggregation.vote_settled`).
-    """
-
-    name: str
-
-    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]: ...
-
-
-class Aggregator(Protocol):
-    name: str
-
-    def aggregate(
-        self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]], executor: Executor,
-        seed: int,
-    ) -> list[tuple[str | None, str, str]]:
-        """(answer, response, who aggregated) per question."""
-        ...
+def expert_requests(task: Task, questions: Sequence[Question],
+                    skills: Sequence[Sequence[str]]) -> list[GenerationRequest]:
+    """Each question's prompt for its experts (the same prompt whoever answers it)."""
+    return [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid, role="expert", question=q.text,
+                                   meta={"skills": list(sk)})
+            for q, sk in zip(questions, skills)]
 
 
 class SkillStage:
@@ -114,17 +78,10 @@ class Pipeline:
         t2 = time.perf_counter()
         timings["route"] = t2 - t1
 
-        requests = [
-            GenerationRequest.user(expert_prompt(self.task, q.text), key=q.qid, role="expert", question=q.text,
-                                   meta={"skills": list(sk)})
-            for q, sk in zip(questions, skills)
-        ]
-        sampling = SamplingSettings(
-            temperature=self.sampling.temperature, max_tokens=self.sampling.max_tokens, top_p=self.sampling.top_p,
-            seed=seed,
-        )
+        requests = expert_requests(self.task, questions, skills)
+        sampling = self.sampling_for(seed)
         selections = self.avoid_unhealthy(selections)
-        if getattr(self.router, "cascade", False):
+        if self.router.cascade:
             answers = self._run_cascade(selections, requests, sampling)
         else:
             texts = self._run_healing(selections, requests, sampling)
@@ -144,9 +101,14 @@ class Pipeline:
             for q, sk, sel, ans, (answer, response, who) in zip(questions, skills, selections, answers, merged)
         ]
 
+    def sampling_for(self, seed: int) -> SamplingSettings:
+        return SamplingSettings(temperature=self.sampling.temperature, max_tokens=self.sampling.max_tokens,
+                                top_p=self.sampling.top_p, seed=seed)
+
     def _fallback_order(self) -> list[str]:
-        order = list(getattr(self.router, "ranking", None) or getattr(self.router, "experts", None) or [])
-        pool = list(getattr(self.executor, "engines", None) or getattr(self.executor, "expert_names", None) or [])
+        """The router's ranking, then the rest of the pool: a substitute stays close to the router's choice."""
+        order = list(self.router.ranking)
+        pool = list(self.executor.expert_names)
         return order + [e for e in pool if e not in order]
 
     def avoid_unhealthy(self, selections: Sequence[Sequence[str]]) -> list[list[str]]:

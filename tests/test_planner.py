@@ -62,7 +62,7 @@ def test_no_workers_is_an_error():
 def test_real_engines_pay_an_engine_start():
     """A vLLM start is seconds whatever the model's size; a recording loads at once."""
     from skillmoe_ray.config import ExpertConfig, load_config
-    from skillmoe_ray.serving.executor import cost_model_for
+    from skillmoe_ray.serving.actors import cost_model_for
 
     from pathlib import Path
 

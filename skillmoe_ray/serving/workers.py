@@ -22,7 +22,7 @@ from typing import Any, Hashable, Sequence
 from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..engines.registry import create_engine
-from ..errors import EngineError
+from ..errors import EngineError, SkillMoEError
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step
 
 #: (item key, request): the key comes back with the item's text
@@ -119,16 +119,32 @@ class ExpertWorker:
                 self.prefetches += 1
             elif st.prefetch in self.tiers.host:
                 self.tiers.host.remove(st.prefetch)
-        out = engine.generate([req for _, req in items], sampling)
-        texts = {key: text for (key, _), text in zip(items, out)}
+        texts, errors = self._generate(engine, items, sampling)
         self.usage[name] = self.usage.get(name, 0) + len(items)
         if after_job(self.tiers, name, self.limits):
             engine.release()
         self.jobs_done += 1
-        return {"texts": texts, "failed": {},
+        return {"texts": texts, "failed": {}, "errors": errors,
                 "job": {"expert": name, "load_s": t1 - t0, "generate_s": time.perf_counter() - t1, "n": len(items),
                         "bring": st.bring, "woke": st.bring == "wake"},
                 "state": self.state()}
+
+    @staticmethod
+    def _generate(engine: Engine, items: Sequence[Item], sampling: SamplingSettings) -> tuple[dict, dict]:
+        """The batch's texts; a request the engine refuses (a recording it lacks) fails alone, not its batch."""
+        try:
+            out = engine.generate([req for _, req in items], sampling)
+            return {key: text for (key, _), text in zip(items, out)}, {}
+        except SkillMoEError:
+            if len(items) == 1:
+                raise
+        texts, errors = {}, {}
+        for key, req in items:
+            try:
+                texts[key] = engine.generate([req], sampling)[0]
+            except SkillMoEError as exc:
+                errors[key] = str(exc)
+        return texts, errors
 
     def run(self, jobs: Sequence[Job], sampling: SamplingSettings) -> dict[str, Any]:
         """Run a whole job list in order; returns {"texts": {(qi, slot): text}, "stats": ...}."""
@@ -195,13 +211,15 @@ class AggregatorWorker:
         self.weights_by_task = weights_by_task
         self.engine: Engine | None = None
         self.max_tokens = max_tokens
+        self.loads = 0
         if llm_expert is not None:
             self.engine = create_engine(ExpertConfig.model_validate(llm_expert), data_dir)
             self.engine.load()
+            self.loads += 1
 
     def aggregate(self, task_name: str, questions: list, answers: list, seed: int) -> list[tuple[str | None, str, str]]:
         from ..execution import LocalExecutor
-        from ..strategies import LLMAggregator, VoteAggregator, WeightedVoteAggregator
+        from ..aggregators import LLMAggregator, VoteAggregator, WeightedVoteAggregator
         from ..tasks import get_task
 
         task = get_task(task_name)
@@ -217,9 +235,6 @@ class AggregatorWorker:
         return agg.aggregate(task, questions, answers, None, seed)  # type: ignore[arg-type]
 
     def info(self) -> dict[str, Any]:
-        import ray
-
-        ctx = ray.get_runtime_context()
         return {"mode": self.mode, "model": self.engine.name if self.engine else None,
-                "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid(),
-                "actor_name": ctx.get_actor_name(), "namespace": ctx.namespace}
+                "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid(), "loads": self.loads,
+                "tasks": sorted(self.ranking_by_task)}
