@@ -142,7 +142,7 @@ def sensitivity(s: dict, efficiencies=(0.25, 0.33, 0.5, 0.75)) -> list[dict]:
 
 def run_moa(executor, task, questions, proposers, aggregator, sampling, agg_tokens) -> None:
     """Mixture-of-Agents: layer 1, layer 2 (each proposer reads layer 1's answers), then the aggregator."""
-    from skillmoe_ray.aggregation import aggregation_prompt, expert_prompt
+    from skillmoe_ray.prompts import aggregation_prompt, expert_prompt
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
 
     reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid, question=q.text) for q in questions]
@@ -179,7 +179,7 @@ def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
     elif strategy == "moa":
         run_moa(executor, task, questions, s["top3"], s["aggregator"], sampling, s["agg_tokens"])
     else:
-        from skillmoe_ray.aggregation import expert_prompt
+        from skillmoe_ray.prompts import expert_prompt
         from skillmoe_ray.engines.base import GenerationRequest
 
         reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid) for q in questions]
