@@ -30,6 +30,10 @@ def test_serve_config_files_name_valid_deployments(path):
     for app in schema.applications:
         assert app.import_path == "skillmoe_ray.serving.builders:build_app"
         load_config(ROOT / app.args["config"])
+        # deployment overrides name real deployments; the scheduler owns the pool and is never scaled
+        names = {d.name for d in app.deployments}
+        assert names <= {"SkillMoEIngress", "SkillMoEScheduler"}
+        assert all(d.num_replicas == 1 for d in app.deployments if d.name == "SkillMoEScheduler")
 
 
 def write(tmp_path, text):

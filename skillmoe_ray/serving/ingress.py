@@ -11,6 +11,7 @@ it was holding.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -99,7 +100,7 @@ class SkillMoEIngress:
         self.max_body = 4 * sv.max_question_chars + 4096
         self._prepare.set_max_batch_size(sv.max_batch_size)
         self._prepare.set_batch_wait_timeout_s(sv.batch_window_s)
-        self._index = 0
+        self._index = itertools.count(1)  # skills batches run on threads: next() is atomic, += is not
 
     # ------------------------------------------------------------------ skills and recruitment
 
@@ -118,8 +119,7 @@ class SkillMoEIngress:
             pipe = self.pipelines[task_name]
             questions = []
             for i in idx:
-                self._index += 1
-                questions.append(Question(task_name, "request", self._index, items[i][1]))
+                questions.append(Question(task_name, "request", next(self._index), items[i][1]))
             t0 = time.perf_counter()
             try:
                 skills = pipe.skill_stage.skills(questions) if pipe.skill_stage else [[] for _ in questions]
