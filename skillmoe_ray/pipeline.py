@@ -290,7 +290,10 @@ class Pipeline:
         whose expert failed to load is given a healthy substitute and asked again.
         """
         answers: list[list[ExpertAnswer]] = [[] for _ in selections]
-        first = [min(len(sel), (len(sel) + 1) // 2) for sel in selections]
+        # a router may say how many to ask at once and when to stop (budget.py); else half, then vote_settled
+        first_round = getattr(self.router, "first_round", None)
+        settled = getattr(self.router, "settled", None)
+        first = [min(len(sel), first_round if first_round else (len(sel) + 1) // 2) for sel in selections]
         open_q = [qi for qi, sel in enumerate(selections) if sel]
         budget = 3 * max((len(sel) for sel in selections), default=0) + 3
         while open_q and budget:
@@ -314,8 +317,10 @@ class Pipeline:
                     answers[qi].append(ExpertAnswer(e, texts[(qi, slot)], self.task.extract(texts[(qi, slot)])))
                 remaining = len(selections[qi]) - len(answers[qi])
                 asked = len(answers[qi]) >= first[qi]
-                if remaining and (not asked or not vote_settled([a.pred for a in answers[qi]],
-                                                                list(range(len(answers[qi]))), remaining, self.task)):
+                preds = [a.pred for a in answers[qi]]
+                done = (settled(preds, [a.expert for a in answers[qi]], remaining, self.task) if settled else
+                        vote_settled(preds, list(range(len(answers[qi]))), remaining, self.task))
+                if remaining and (not asked or not done):
                     still_open.append(qi)
             open_q = still_open
         if open_q:
