@@ -12,6 +12,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Sequence
 
 from .aggregation import aggregation_prompt, weighted_vote
+from .budget import agreement_settled, apply_budget, choose_prior_strength, order_experts, shrunk_accuracy, size_from_name
 from .engines.base import GenerationRequest, SamplingSettings
 from .pipeline import ExpertAnswer, Executor
 from .profiles import Profiles
@@ -118,6 +119,66 @@ class CalibratedRouter:
         return route_calibrated(self.counts, self.accuracy, skills, self.ranking, self.k, self.prior_strength)
 
 
+class BudgetRouter:
+    """Cost-aware recruitment: experts most likely right first, asked until two agree or the budget is spent.
+
+    A cascade router (``cascade = True``): :meth:`route` returns each
+    question's experts in the order to ask them, already cut to the budget
+    (``max_calls`` experts, ``max_size_gb`` summed size); the pipeline asks
+    ``first_round`` of them at once, then one per round, and stops a question
+    as soon as :meth:`settled` says so. The order is by per-skill validation
+    accuracy shrunk toward overall accuracy (see :mod:`budget`); by default
+    the prior strength is chosen by cross-validation on the validation split.
+    With ``size_weight`` > 0 the order is cost-weighted: estimate / size ** w.
+    Pair it with :class:`OrderedVoteAggregator` so vote ties go to the expert
+    asked first, as the stopping rule assumes.
+    """
+
+    cascade = True
+
+    def __init__(
+        self,
+        profiles: Profiles,
+        max_calls: int | None = 5,
+        prior_strength: float | None | str = "cv",
+        quorum: int = 2,
+        sizes: dict[str, float] | None = None,
+        size_weight: float = 0.0,
+        max_size_gb: float | None = None,
+        name: str | None = None,
+    ):
+        self.ranking = profiles.ranking()
+        self.accuracy = dict(profiles.accuracy)
+        self.counts = skill_accuracy(profiles.question_skills, profiles.correct)
+        self.max_calls = max_calls
+        self.quorum = quorum
+        self.sizes = dict(sizes) if sizes else None
+        self.size_weight = size_weight
+        self.max_size_gb = max_size_gb
+        #: answers asked at once in the first round: the agreement rule needs two
+        self.first_round = min(quorum, max_calls or quorum)
+        self.cv: list = []
+        if prior_strength == "cv":
+            prior_strength, self.cv = choose_prior_strength(
+                profiles.question_skills, profiles.correct, profiles.preds, max_calls=max_calls or len(self.ranking),
+                quorum=quorum)
+        self.prior_strength = prior_strength
+        self.name = name or f"budget_max{max_calls}"
+
+    def order(self, skills: Sequence[str]) -> list[str]:
+        est = shrunk_accuracy(self.counts, self.accuracy, skills, self.prior_strength)  # type: ignore[arg-type]
+        order = order_experts(est, self.ranking, self.sizes, self.size_weight)
+        return apply_budget(order, self.max_calls, self.sizes, self.max_size_gb)
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
+        return [self.order(sk) for sk in skills]
+
+    def settled(self, preds: Sequence[str | None], asked_experts: Sequence[str], remaining: int,
+                task: Task | None = None) -> bool:
+        """Stop once an answer has ``quorum`` votes, the vote cannot change, or no expert is left."""
+        return agreement_settled(preds, remaining, self.quorum, task.same_answer if task is not None else None)
+
+
 class VoteAggregator:
     """Majority vote; ties go to the answer of the better-ranked expert (validation accuracy)."""
 
@@ -139,6 +200,18 @@ class VoteAggregator:
             pred = weighted_vote([a.pred for a in ans], [self._weight(a.expert) for a in ans], self._rank(ans), task)
             out.append((pred, _winning_response(ans, pred, task), self.name))
         return out
+
+
+class OrderedVoteAggregator(VoteAggregator):
+    """Majority vote; ties go to the answer of the expert asked first (the router's per-question order)."""
+
+    name = "ordered_vote"
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def _rank(self, answers: Sequence[ExpertAnswer]) -> list[int]:
+        return list(range(len(answers)))
 
 
 class WeightedVoteAggregator(VoteAggregator):
@@ -193,8 +266,19 @@ def _winning_response(answers: Sequence[ExpertAnswer], pred: str | None, task: T
     return answers[0].response if answers else ""
 
 
-def make_router(routing: "RoutingConfig", profiles: Profiles) -> "Router":
-    """The router a deployment's ``routing.strategy`` names."""
+def expert_sizes(experts: Sequence[str], configured: dict[str, float | None]) -> dict[str, float] | None:
+    """Each expert's size in GB: the pool config's ``size_gb``, else guessed from the name; None if any is unknown."""
+    out = {}
+    for e in experts:
+        size = configured.get(e) or size_from_name(e)
+        if size is None:
+            return None
+        out[e] = size
+    return out
+
+
+def make_router(routing: "RoutingConfig", profiles: Profiles, sizes_gb: dict[str, float | None] | None = None) -> "Router":
+    """The router a deployment's ``routing.strategy`` names (``sizes_gb``: the pool's ``size_gb`` per expert)."""
     ranking = profiles.ranking()
     k = min(routing.k, len(ranking)) if routing.strategy in ("cascade", "fixed") else routing.k
     if routing.strategy == "paper":
@@ -203,6 +287,10 @@ def make_router(routing: "RoutingConfig", profiles: Profiles) -> "Router":
         return DeterministicPaperRouter(profiles, routing.k, routing.temperature)
     if routing.strategy == "calibrated":
         return CalibratedRouter(profiles, routing.k)
+    if routing.strategy == "budget":
+        sizes = expert_sizes(profiles.experts, sizes_gb or {})
+        return BudgetRouter(profiles, routing.max_calls, quorum=2, sizes=sizes,
+                            size_weight=routing.size_weight, max_size_gb=routing.max_size_gb)
     if routing.strategy == "cascade":
         return CascadeRouter(f"cascade_top{k}", ranking[:k])
     return FixedRouter(f"fixed_top{k}", ranking[:k])
