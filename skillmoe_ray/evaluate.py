@@ -18,7 +18,7 @@ from tqdm import tqdm
 from .pipeline import Aggregator, Pipeline, Router
 from .profiles import Profiles
 from .runtime import Runtime
-from .strategies import make_aggregator, CalibratedRouter, CascadeRouter, DeterministicPaperRouter, FixedRouter, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator
+from .strategies import make_aggregator, BudgetRouter, CalibratedRouter, CascadeRouter, DeterministicPaperRouter, FixedRouter, OrderedVoteAggregator, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator, expert_sizes
 from .tasks import Question, Task
 
 
@@ -57,11 +57,40 @@ def own_methods(rt: Runtime, prof: Profiles) -> list[Method]:
     vote = VoteAggregator(ranking)
     k = min(5, len(ranking))
     cfg = rt.cfg.routing
-    return [
+    methods = [
         Method(f"cascade_top{k}_vote", CascadeRouter(f"cascade_top{k}", ranking[:k]), vote),
         Method(f"skillmoe_top{cfg.k}_vote", DeterministicPaperRouter(prof, cfg.k, cfg.temperature), vote),
         Method(f"calibrated_top{k}_vote", CalibratedRouter(prof, k), vote),
     ]
+    return methods + budget_methods(rt, prof)
+
+
+def budget_methods(rt: Runtime, prof: Profiles, max_calls: Sequence[int] | None = None,
+                   size_weights: Sequence[float] = (1.0,)) -> list[Method]:
+    """Cost-aware cascades (budget.py): ask until two agree, at most ``max_calls`` experts.
+
+    By default the budgets 3, 4 and ``routing.max_calls``, the per-skill order's
+    prior strength chosen by CV on the validation split; at the largest budget
+    also the plain validation-rank order (ablation) and the cost-weighted order
+    (estimate / size ** w) when the pool's sizes are known (config ``size_gb``,
+    else parsed from model names).
+    """
+    cfg = rt.cfg.routing
+    n = len(prof.experts)
+    budgets = sorted({min(b, n) for b in (max_calls or (3, 4, cfg.max_calls))})
+    ordered = OrderedVoteAggregator()
+    methods = [Method(f"budget_max{b}_vote", BudgetRouter(prof, b, name=f"budget_max{b}"), ordered) for b in budgets]
+    top = budgets[-1]
+    # ablation: the same cascade in plain validation-rank order (no per-skill estimates)
+    methods.append(Method(f"budget_rank_max{top}_vote",
+                          BudgetRouter(prof, top, prior_strength=None, name=f"budget_rank_max{top}"), ordered))
+    sizes = expert_sizes(prof.experts, {e.name: e.size_gb for e in rt.experts})
+    if sizes:
+        for w in size_weights:
+            label = f"budget_sized{w:g}_max{top}"
+            methods.append(Method(f"{label}_vote", BudgetRouter(prof, top, sizes=sizes, size_weight=w, name=label),
+                                  ordered))
+    return methods
 
 
 def run_method(method: Method, pipeline_for: Callable[[Method], Pipeline], questions: Sequence[Question],
