@@ -290,10 +290,10 @@ class Pipeline:
         whose expert failed to load is given a healthy substitute and asked again.
         """
         answers: list[list[ExpertAnswer]] = [[] for _ in selections]
-        # a router may say how many to ask at once and when to stop (budget.py); else half, then vote_settled
-        first_round = getattr(self.router, "first_round", None)
+        # a router may cap how many are asked at once and say when to stop (budget.py); else half, then vote_settled
+        first_round = getattr(self.router, "first_round", None) or len(max(selections, key=len, default=[]))
         settled = getattr(self.router, "settled", None)
-        first = [min(len(sel), first_round if first_round else (len(sel) + 1) // 2) for sel in selections]
+        first = [min(len(sel), (len(sel) + 1) // 2, first_round) for sel in selections]
         open_q = [qi for qi, sel in enumerate(selections) if sel]
         budget = 3 * max((len(sel) for sel in selections), default=0) + 3
         while open_q and budget:

@@ -155,8 +155,9 @@ class BudgetRouter:
         self.sizes = dict(sizes) if sizes else None
         self.size_weight = size_weight
         self.max_size_gb = max_size_gb
-        #: answers asked at once in the first round: the agreement rule needs two
-        self.first_round = min(quorum, max_calls or quorum)
+        #: answers asked at once in the first round (the pipeline never asks more than half a question's
+        #: experts at once): no question can stop before ``quorum`` answers unless its budget is that small
+        self.first_round = quorum
         self.cv: list = []
         if prior_strength == "cv":
             prior_strength, self.cv = choose_prior_strength(
