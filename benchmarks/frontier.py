@@ -43,7 +43,9 @@ def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
 def sweep_methods(rt, prof):
     """Budget cascades over every max_calls, in both orders, and cost-weighted at several weights and size budgets."""
     from skillmoe_ray.evaluate import Method
-    from skillmoe_ray.strategies import BudgetRouter, OrderedVoteAggregator, expert_sizes
+    from skillmoe_ray.aggregators import OrderedVoteAggregator
+    from skillmoe_ray.budget import expert_sizes
+    from skillmoe_ray.routers import BudgetRouter
 
     ordered = OrderedVoteAggregator()
     n = len(prof.experts)
@@ -68,7 +70,7 @@ def measure(config: Path, task_name: str, seeds: list[int], sweep: bool) -> dict
     from skillmoe_ray.evaluate import standard_methods
     from skillmoe_ray.pipeline import Pipeline
     from skillmoe_ray.runtime import Runtime
-    from skillmoe_ray.strategies import expert_sizes
+    from skillmoe_ray.budget import expert_sizes
     from skillmoe_ray.tasks import get_task
 
     cfg = load_config(config)

@@ -11,7 +11,7 @@ The pool is ``deployments/paper-scale-sim.yaml``: the paper's 16 models of
    fitted to: grouped on four GPUs (10.85 s), MoA on one (45.98 s) and on four
    (21.66 s).
 2. **Predicted** seconds per question for every strategy and worker count,
-   from the pure functions in :mod:`skillmoe_ray.makespan`.
+   from the pure functions in :mod:`skillmoe_ray.scheduling.makespan`.
 3. **Measured**: each strategy runs through the real serving path (the
    pipeline, RayExecutor, planner and ExpertWorker actors on a private Ray
    cluster) with simulated experts that sleep the cost model's time, scaled by
@@ -61,9 +61,9 @@ REFERENCE_RELEASE_S = 10.0  # the reference sleeps 10 s after each expert
 def setup(config: str, state_dir: str | None, task_name: str = "GPQA", limit: int | None = None):
     """The pool, its profiles for the task, the test batch (the first ``limit`` questions), skills and routes."""
     from skillmoe_ray.config import load_config
-    from skillmoe_ray.makespan import expert_work, pool_costs
+    from skillmoe_ray.scheduling.makespan import expert_work, pool_costs
     from skillmoe_ray.runtime import Runtime
-    from skillmoe_ray.strategies import make_router
+    from skillmoe_ray.routers import make_router
     from skillmoe_ray.tasks import get_task
 
     cfg = load_config(config)
@@ -88,7 +88,7 @@ def setup(config: str, state_dir: str | None, task_name: str = "GPQA", limit: in
 
 def predict(s: dict, costs, strategy: str, workers: int, n_naive: int | None = None) -> float:
     """Predicted seconds per question."""
-    from skillmoe_ray.makespan import (planner_s, reference_grouped_s, reference_moa_s, reference_naive_s,
+    from skillmoe_ray.scheduling.makespan import (planner_s, reference_grouped_s, reference_moa_s, reference_naive_s,
                                        single_s)
 
     n = len(s["questions"])
@@ -106,7 +106,7 @@ def predict(s: dict, costs, strategy: str, workers: int, n_naive: int | None = N
 
 
 def calibrate(s: dict):
-    from skillmoe_ray.makespan import fit_two
+    from skillmoe_ray.scheduling.makespan import fit_two
 
     load_fixed, step_fixed = fit_two(lambda c: predict(s, c, "naive", 1), lambda c: predict(s, c, "grouped", 1),
                                      PAPER["naive@1"], PAPER["grouped@1"], s["costs"])
@@ -142,7 +142,7 @@ def sensitivity(s: dict, efficiencies=(0.25, 0.33, 0.5, 0.75)) -> list[dict]:
 
 def run_moa(executor, task, questions, proposers, aggregator, sampling, agg_tokens) -> None:
     """Mixture-of-Agents: layer 1, layer 2 (each proposer reads layer 1's answers), then the aggregator."""
-    from skillmoe_ray.aggregation import aggregation_prompt, expert_prompt
+    from skillmoe_ray.prompts import aggregation_prompt, expert_prompt
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
 
     reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid, question=q.text) for q in questions]
@@ -160,7 +160,8 @@ def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
     """One strategy over the batch through ``executor``; returns how many questions it answered."""
     from skillmoe_ray.engines.base import SamplingSettings
     from skillmoe_ray.pipeline import Pipeline
-    from skillmoe_ray.strategies import LLMAggregator, make_router
+    from skillmoe_ray.aggregators import LLMAggregator
+    from skillmoe_ray.routers import make_router
 
     cfg, task = s["cfg"], s["task"]
     sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens, seed=0)
@@ -178,7 +179,7 @@ def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
     elif strategy == "moa":
         run_moa(executor, task, questions, s["top3"], s["aggregator"], sampling, s["agg_tokens"])
     else:
-        from skillmoe_ray.aggregation import expert_prompt
+        from skillmoe_ray.prompts import expert_prompt
         from skillmoe_ray.engines.base import GenerationRequest
 
         reqs = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid) for q in questions]
@@ -191,22 +192,27 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
     """Start worker actors for ``experts``, run one strategy, and stop them; wall seconds and load counts."""
     import ray
 
-    from skillmoe_ray.serving.executor import RayExecutor, start_workers
+    from skillmoe_ray.serving.actors import start_workers, stop_actors
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
 
-    handles, pg = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
-                                host_budget_gb=0.0 if reference else None, prefetch=prefetch and not reference,
-                                release_after=reference, timeout_s=600)
+    host_budget = 0.0 if reference else None
+    fetch = prefetch and not reference
+    handles, pg, _ = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
+                                   host_budget_gb=host_budget, prefetch=fetch, release_after=reference, timeout_s=600)
+    executor = None
     try:
         ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
-        executor = RayExecutor(handles, plan_costs, 1, [e.name for e in experts])
+        limits = limits_from(ray.get(handles[0].traits.remote()), 1, host_budget, fetch, reference)
+        # the scheduler the server runs: planning, residency prediction and per-job dispatch
+        executor = RayExecutor(Scheduler(handles, limits, plan_costs))
         t0 = time.perf_counter()
         n = run_strategy(s, executor, strategy, n_naive)
         wall = time.perf_counter() - t0
         infos = ray.get([h.info.remote() for h in handles])
     finally:
-        for h in handles:
-            ray.kill(h)
-        ray.util.remove_placement_group(pg)
+        if executor is not None:
+            executor.close()
+        stop_actors(handles, pg)
     return {"wall_s": wall, "questions": n, "loads": sum(i["loads"] for i in infos),
             "load_seconds": sum(i["load_seconds"] for i in infos)}
 
@@ -231,7 +237,7 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
 
 def measure_real(s: dict, strategy: str, workers: int, n_naive: int) -> dict:
     """Real models: the reference strategies on one worker (no tensor parallel on a CPU), the planner on W."""
-    from skillmoe_ray.serving.executor import cost_model_for
+    from skillmoe_ray.serving.actors import cost_model_for
 
     experts = list(s["rt"].experts)
     reference = strategy != "planner"

@@ -8,6 +8,8 @@ at all (connection error or client timeout); the goal is zero.
 
     python benchmarks/load.py                  # 2,000 requests at 32 and at 128 clients, plus a fault run
     python benchmarks/load.py --requests 300   # quicker
+    python benchmarks/load.py --replicas 1,2 --concurrency 64 --no-fault --name load-replicas
+                                               # 1 vs 2 stateless ingress replicas in one run
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="client timeout per request (s)")
     p.add_argument("--no-fault", action="store_true", help="skip the run that kills a worker")
     p.add_argument("--workers", type=int, default=2, help="expert workers (overrides the config)")
+    p.add_argument("--replicas", default="1", help="ingress replica counts to compare, e.g. 1,2 (one run each)")
     p.add_argument("--name", default="load-recorded")
     args = p.parse_args()
 
@@ -114,22 +117,31 @@ def main() -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         init_ray(cfg, num_cpus=4)
+        runs = []
         try:
-            url = start_serving(cfg_path, cfg, "127.0.0.1", port)
-            questions = [q.text for q in load_questions("MMLU_Pro", "test")]
-            runs = []
-            for c in [int(x) for x in args.concurrency.split(",")]:
-                print(f"load: {args.requests} requests at {c} concurrent clients ...", flush=True)
-                runs.append({"run": f"{c} clients", **asyncio.run(run_load(url, questions, args.requests, c,
-                                                                            args.timeout))})
-            if not args.no_fault:
-                with urllib.request.urlopen(f"{url}/v1/pool", timeout=30) as r:
-                    pid = json.loads(r.read())["workers"][0]["pid"]
-                c = max(int(x) for x in args.concurrency.split(","))
-                print(f"load: {args.requests} requests at {c} clients, killing worker pid {pid} after 2 s ...",
-                      flush=True)
-                runs.append({"run": f"{c} clients, worker killed", **asyncio.run(
-                    run_load(url, questions, args.requests, c, args.timeout, kill_after=2.0, kill_pid=pid))})
+            from ray import serve
+
+            for replicas in [int(x) for x in args.replicas.split(",")]:
+                cfg.serving.ingress_replicas = replicas
+                url = start_serving(cfg_path, cfg, "127.0.0.1", port)
+                tag = f"{replicas} ingress, " if "," in args.replicas else ""
+                questions = [q.text for q in load_questions("MMLU_Pro", "test")]
+                asyncio.run(run_load(url, questions, 64, 16, args.timeout))  # warm: recordings loaded
+                for c in [int(x) for x in args.concurrency.split(",")]:
+                    print(f"load: {args.requests} requests at {c} concurrent clients, {replicas} ingress "
+                          f"replica(s) ...", flush=True)
+                    runs.append({"run": f"{tag}{c} clients", "ingress_replicas": replicas,
+                                 **asyncio.run(run_load(url, questions, args.requests, c, args.timeout))})
+                if not args.no_fault:
+                    with urllib.request.urlopen(f"{url}/v1/pool", timeout=30) as r:
+                        pid = json.loads(r.read())["workers"][0]["pid"]
+                    c = max(int(x) for x in args.concurrency.split(","))
+                    print(f"load: {args.requests} requests at {c} clients, killing worker pid {pid} after 2 s ...",
+                          flush=True)
+                    runs.append({"run": f"{tag}{c} clients, worker killed", "ingress_replicas": replicas,
+                                 **asyncio.run(run_load(url, questions, args.requests, c, args.timeout,
+                                                        kill_after=2.0, kill_pid=pid))})
+                serve.delete("skillmoe")
         finally:
             stop_serving()
 

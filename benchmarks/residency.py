@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from skillmoe_ray.config import load_config
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
-    from skillmoe_ray.pipeline import group_by_expert
+    from skillmoe_ray.execution import group_by_expert
     from skillmoe_ray.runtime import Runtime
     from skillmoe_ray.serving.workers import ExpertWorker
-    from skillmoe_ray.strategies import make_router
+    from skillmoe_ray.routers import make_router
     from skillmoe_ray.tasks import get_task
 
     cfg = load_config(ROOT / "deployments" / "paper-scale-sim.yaml")

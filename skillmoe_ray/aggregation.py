@@ -1,10 +1,11 @@
-"""Merging the experts' answers: votes, the LLM aggregator prompt, and choosing the aggregator.
+"""Merging the experts' answers: votes, and choosing the task's aggregator model.
 
 The paper picks one aggregator per task with a synthetic benchmark built on the
 validation split: for each question, one correct and two wrong chains of
 thought, shuffled; every candidate answers; the best hit rate wins. The
 aggregator then reads the k experts' chains of thought (each cut after any
-``</think>``) and answers the question itself.
+``</think>``) and answers the question itself. The prompt texts live in
+:mod:`.prompts`, the aggregator objects in :mod:`.aggregators`.
 """
 
 from __future__ import annotations
@@ -13,33 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .answers import strip_thinking
 from .tasks import Task
-
-AGGREGATION_PREAMBLE = (
-    "You have been provided with a set of responses from various open-source models to the latest user query. "
-    "Your task is to synthesize these responses into a single, high-quality response. "
-    "It is crucial to critically evaluate the information provided in these responses, "
-    "recognizing that some of it may be biased or incorrect. "
-    "Your response should not simply replicate the given answers but should offer a refined, "
-    "accurate, and comprehensive reply to the instruction. "
-    "Ensure your response is well-structured, coherent, and adheres "
-    "to the highest standards of accuracy and reliability. "
-    "Responses from models:\n\n"
-)
-
-
-def expert_prompt(task: Task, question: str) -> str:
-    return f"Question: {question}\n{task.instruction()}"
-
-
-def aggregation_prompt(task: Task, question: str, responses: Sequence[str]) -> str:
-    """The reference's aggregation prompt: the responses first, then the question and answer format."""
-    parts = [AGGREGATION_PREAMBLE]
-    for i, response in enumerate(responses, 1):
-        parts.append(f"### Model {i}'s response:\n{strip_thinking(response)}\n\n")
-    parts.append(expert_prompt(task, question))
-    return "".join(parts)
 
 
 def _same(task: Task | None) -> Callable[[str, str], bool]:

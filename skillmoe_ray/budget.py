@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 
 from .aggregation import vote_settled
 
-#: (right, seen) per expert and skill, as :func:`routing.skill_accuracy` returns
+#: (right, seen) per expert and skill, as :func:`.recruitment.skill_accuracy` returns
 SkillCounts = Mapping[str, Mapping[str, tuple[float, float]]]
 Same = Callable[[str, str], bool]
 
@@ -190,6 +190,17 @@ def size_from_name(name: str, bytes_per_param: float = 2.0) -> float | None:
     return float(m.group(1).replace("_", ".")) * bytes_per_param
 
 
+def expert_sizes(experts: Sequence[str], configured: Mapping[str, float | None]) -> dict[str, float] | None:
+    """Each expert's size in GB: the pool config's ``size_gb``, else guessed from the name; None if any is unknown."""
+    out = {}
+    for e in experts:
+        size = configured.get(e) or size_from_name(e)
+        if size is None:
+            return None
+        out[e] = size
+    return out
+
+
 # --------------------------------------------------------------------------- choosing the prior strength
 
 
@@ -305,6 +316,6 @@ def choose_prior_strength(
 
 
 def _counts(question_skills: Sequence[Sequence[str]], correct: Mapping[str, Sequence[bool]]) -> dict[str, dict[str, tuple[float, float]]]:
-    from .routing import skill_accuracy
+    from .recruitment import skill_accuracy
 
     return skill_accuracy(question_skills, correct)

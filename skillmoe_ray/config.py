@@ -121,8 +121,12 @@ class ServingConfig(_Strict):
     aggregator_gpus: float = Field(default=0, ge=0)
     batch_window_s: float = Field(default=0.05, ge=0)
     max_batch_size: int = Field(default=64, ge=1)
-    #: batches in flight at once: the next batch's experts run while this one aggregates
+    #: expert micro-batches in flight at once in the scheduler (formed across all ingress replicas):
+    #: the next batch's experts start while this one's slowest jobs finish
     max_concurrent_batches: int = Field(default=2, ge=1)
+    #: stateless ingress replicas started by `skillmoe serve` (a Serve config file sets its own
+    #: num_replicas or autoscaling_config for SkillMoEIngress); the scheduler is always one
+    ingress_replicas: int = Field(default=1, ge=1)
     #: tasks whose profiles are loaded at start; the first is the default for requests without one
     tasks: list[str] = Field(default_factory=lambda: ["MMLU_Pro"], min_length=1)
     max_question_chars: int = Field(default=20_000, ge=1)

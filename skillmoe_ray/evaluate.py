@@ -15,10 +15,12 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from .pipeline import Aggregator, Pipeline, Router
+from .aggregators import AGGREGATORS, Aggregator, OrderedVoteAggregator
+from .budget import expert_sizes
+from .pipeline import Pipeline
 from .profiles import Profiles
+from .routers import ROUTERS, BudgetRouter, FixedRouter, RandomRouter, Router
 from .runtime import Runtime
-from .strategies import make_aggregator, BudgetRouter, CalibratedRouter, CascadeRouter, DeterministicPaperRouter, FixedRouter, OrderedVoteAggregator, PaperRouter, RandomRouter, VoteAggregator, WeightedVoteAggregator, expert_sizes
 from .tasks import Question, Task
 
 
@@ -31,36 +33,54 @@ class Method:
     seeded: bool = False
 
 
+class _Builders:
+    """Routers and aggregators by their deployment names, built from this deployment's config.
+
+    Going through the registries means a method here is the very object a
+    server with that ``routing.strategy`` / ``aggregation.mode`` would run.
+    """
+
+    def __init__(self, rt: Runtime, prof: Profiles):
+        self.rt = rt
+        self.prof = prof
+
+    def router(self, strategy: str, **overrides: object) -> Router:
+        return ROUTERS[strategy](self.rt.cfg.routing.model_copy(update=overrides), self.prof)
+
+    def aggregator(self, mode: str) -> Aggregator:
+        return AGGREGATORS[mode](self.rt.cfg.aggregation, self.prof)
+
+
 def standard_methods(rt: Runtime, prof: Profiles) -> list[Method]:
     ranking = prof.ranking()
-    vote = VoteAggregator(ranking)
-    cfg = rt.cfg.routing
+    build = _Builders(rt, prof)
+    vote = build.aggregator("vote")
+    # the baselines: fixed expert sets that no deployment strategy names
     methods = [Method("single_best", FixedRouter("single_best", ranking[:1]), vote)]
     for k in range(1, len(ranking) + 1):
-        methods.append(Method(f"fixed_top{k}_vote", FixedRouter(f"fixed_top{k}", ranking[:k]), vote))
+        methods.append(Method(f"fixed_top{k}_vote", build.router("fixed", k=k), vote))
     methods += [
         Method("random3_vote", RandomRouter(ranking, 3), vote, seeded=True),
         Method("all_vote", FixedRouter("all", ranking), vote),
-        Method("all_weighted_vote", FixedRouter("all", ranking), WeightedVoteAggregator.from_profiles(prof)),
-        Method("skillmoe_paper", PaperRouter(prof, cfg.k, cfg.temperature, cfg.usage_floor), vote, seeded=True),
+        Method("all_weighted_vote", FixedRouter("all", ranking), build.aggregator("weighted_vote")),
+        Method("skillmoe_paper", build.router("paper"), vote, seeded=True),
     ]
     if prof.aggregator.get("mode") == "llm":  # the paper's full method: its router and the chosen LLM aggregator
-        methods.append(Method("skillmoe_paper_llm", PaperRouter(prof, cfg.k, cfg.temperature, cfg.usage_floor),
-                              make_aggregator(rt.cfg.aggregation, prof), seeded=True))
+        methods.append(Method("skillmoe_paper_llm", build.router("paper"), build.aggregator("llm"), seeded=True))
     methods += own_methods(rt, prof)
     return methods
 
 
 def own_methods(rt: Runtime, prof: Profiles) -> list[Method]:
     """This project's strategies (see docs/strategies.md for what was tried and measured)."""
-    ranking = prof.ranking()
-    vote = VoteAggregator(ranking)
-    k = min(5, len(ranking))
+    build = _Builders(rt, prof)
+    vote = build.aggregator("vote")
+    k = min(5, len(prof.ranking()))
     cfg = rt.cfg.routing
     methods = [
-        Method(f"cascade_top{k}_vote", CascadeRouter(f"cascade_top{k}", ranking[:k]), vote),
-        Method(f"skillmoe_top{cfg.k}_vote", DeterministicPaperRouter(prof, cfg.k, cfg.temperature), vote),
-        Method(f"calibrated_top{k}_vote", CalibratedRouter(prof, k), vote),
+        Method(f"cascade_top{k}_vote", build.router("cascade", k=k), vote),
+        Method(f"skillmoe_top{cfg.k}_vote", build.router("top_weight"), vote),
+        Method(f"calibrated_top{k}_vote", build.router("calibrated", k=k), vote),
     ]
     return methods + budget_methods(rt, prof)
 
@@ -78,18 +98,21 @@ def budget_methods(rt: Runtime, prof: Profiles, max_calls: Sequence[int] | None 
     cfg = rt.cfg.routing
     n = len(prof.experts)
     budgets = sorted({min(b, n) for b in (max_calls or (3, 4, cfg.max_calls))})
+    build = _Builders(rt, prof)
     ordered = OrderedVoteAggregator()
-    methods = [Method(f"budget_max{b}_vote", BudgetRouter(prof, b, name=f"budget_max{b}"), ordered) for b in budgets]
+    # the deployment's router (strategy: budget) at each budget, on this config's other knobs
+    plain = {"size_weight": 0.0, "max_size_gb": None}
+    methods = [Method(f"budget_max{b}_vote", build.router("budget", max_calls=b, **plain), ordered) for b in budgets]
     top = budgets[-1]
     # ablation: the same cascade in plain validation-rank order (no per-skill estimates)
     methods.append(Method(f"budget_rank_max{top}_vote",
                           BudgetRouter(prof, top, prior_strength=None, name=f"budget_rank_max{top}"), ordered))
-    sizes = expert_sizes(prof.experts, {e.name: e.size_gb for e in rt.experts})
-    if sizes:
+    configured = {e.name: e.size_gb for e in rt.experts}
+    if expert_sizes(prof.experts, configured):
         for w in size_weights:
-            label = f"budget_sized{w:g}_max{top}"
-            methods.append(Method(f"{label}_vote", BudgetRouter(prof, top, sizes=sizes, size_weight=w, name=label),
-                                  ordered))
+            routing = cfg.model_copy(update={"max_calls": top, "size_weight": w, "max_size_gb": None})
+            methods.append(Method(f"budget_sized{w:g}_max{top}_vote",
+                                  BudgetRouter.from_config(routing, prof, sizes_gb=configured), ordered))
     return methods
 
 

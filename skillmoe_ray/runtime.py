@@ -14,14 +14,16 @@ from typing import Sequence
 from tqdm import tqdm
 
 from . import __version__
-from .aggregation import aggregation_prompt, build_aggregator_tasks, expert_prompt, select_aggregator
+from .aggregation import build_aggregator_tasks, select_aggregator
 from .config import Config, ExpertConfig
 from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .engines.registry import create_engine
 from .errors import ConfigError, DataError, EngineError
-from .pipeline import Executor, ExecutorEngine, LocalExecutor, describe_unhealthy, SkillStage, group_by_expert
+from .execution import Executor, ExecutorEngine, LocalExecutor, describe_unhealthy, group_by_expert
+from .pipeline import SkillStage
 from .pool import pool_experts, pool_fingerprint
 from .profiles import Profiles, build_profiles
+from .prompts import aggregation_prompt, expert_prompt
 from .skills.embeddings import Embedder, get_embedder
 from .skills.extract import EmbeddingTagger, KeywordExtractor, SkillAligner, load_vocabulary
 from .tasks import Question, Task, load_questions

@@ -61,6 +61,20 @@ def ray_cluster():
         ray.shutdown()
 
 
+def deploy(cfg_path, name, state_dir, route_prefix=None, **overrides):
+    """Deploy a deployment file as a Serve application, through the same builder `serve run` uses."""
+    from ray import serve
+
+    from skillmoe_ray.config import load_config
+    from skillmoe_ray.serving.builders import build_application
+
+    cfg = load_config(cfg_path)
+    cfg.state_dir = str(state_dir)
+    for k, v in overrides.items():
+        setattr(cfg.serving, k, v)
+    serve.run(build_application(cfg), name=name, route_prefix=route_prefix or f"/{name}")
+
+
 def free_port() -> int:
     import socket
 
@@ -74,10 +88,8 @@ def served_recorded(ray_cluster, state_dir):
     """The recorded-pool deployment served on loopback; yields its base URL."""
     from ray import serve
 
-    from skillmoe_ray.serving.app import SkillMoEIngress
-
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(SkillMoEIngress.bind(str(RECORDED_CONFIG), None, str(state_dir)), name="skillmoe", route_prefix="/")
+    deploy(RECORDED_CONFIG, "skillmoe", state_dir, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.delete("skillmoe")

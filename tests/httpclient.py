@@ -5,14 +5,21 @@ import urllib.error
 import urllib.request
 
 
-def post(url, body, headers=None, raw=False):
+def _json(data):
+    try:
+        return json.loads(data or b"{}")
+    except ValueError:  # a proxy's plain-text error page
+        return {"raw": data.decode("utf-8", "replace")}
+
+
+def post(url, body, headers=None, raw=False, timeout=120):
     data = body if raw else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"content-type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        return e.code, _json(e.read())
 
 
 def get(url, headers=None):
@@ -21,4 +28,4 @@ def get(url, headers=None):
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        return e.code, _json(e.read())

@@ -4,13 +4,13 @@ import random
 import pytest
 
 from skillmoe_ray.aggregation import (
-    aggregation_prompt,
     build_aggregator_tasks,
     majority_vote,
     select_aggregator,
     vote_settled,
     weighted_vote,
 )
+from skillmoe_ray.prompts import aggregation_prompt
 from skillmoe_ray.tasks import get_task
 
 
@@ -67,3 +67,15 @@ def test_vote_settled_agrees_with_brute_force():
         outcomes = {majority_vote(preds + list(rest), list(range(k)))
                     for rest in itertools.product(letters + ["D"], repeat=remaining)}
         assert vote_settled(preds, list(range(t)), remaining) == (outcomes == {base}), (preds, remaining)
+
+
+def test_every_aggregation_mode_of_the_config_has_a_registered_aggregator():
+    from typing import get_args
+
+    from skillmoe_ray.aggregators import AGGREGATORS, make_aggregator
+    from skillmoe_ray.config import AggregationConfig
+    from skillmoe_ray.errors import ConfigError
+
+    assert set(AGGREGATORS) == set(get_args(AggregationConfig.model_fields["mode"].annotation))
+    with pytest.raises(ConfigError, match="known: .*vote"):
+        make_aggregator(AggregationConfig.model_construct(mode="nope"), None)

@@ -4,11 +4,14 @@ from collections import Counter
 
 import pytest
 
+from skillmoe_ray.aggregation import vote_settled
+from skillmoe_ray.aggregators import OrderedVoteAggregator
 from skillmoe_ray.budget import (
     agreement_settled,
     apply_budget,
     cascade_outcome,
     choose_prior_strength,
+    expert_sizes,
     order_experts,
     ordered_vote,
     shrunk_accuracy,
@@ -16,9 +19,11 @@ from skillmoe_ray.budget import (
 )
 from skillmoe_ray.config import RoutingConfig
 from skillmoe_ray.engines.base import Engine
-from skillmoe_ray.pipeline import LocalExecutor, Pipeline
+from skillmoe_ray.errors import ConfigError
+from skillmoe_ray.execution import LocalExecutor
+from skillmoe_ray.pipeline import Pipeline
 from skillmoe_ray.profiles import build_profiles
-from skillmoe_ray.strategies import BudgetRouter, CascadeRouter, OrderedVoteAggregator, make_router
+from skillmoe_ray.routers import ROUTERS, BudgetRouter, CascadeRouter, Router, make_router
 from skillmoe_ray.tasks import Question, get_task
 
 
@@ -171,11 +176,27 @@ def test_budget_router_in_the_pipeline_stops_on_agreement_and_respects_max_calls
             assert all(s.calls == 3 and s.answer == "A" for s in sols if s.question.index % 2)
 
 
-def test_cascade_router_without_the_hooks_keeps_its_behaviour():
-    assert not hasattr(CascadeRouter("c", ["a"]), "settled")
+def test_cascade_router_keeps_the_base_hooks_and_budget_is_registered():
+    cascade = CascadeRouter("c", ["a"])
+    assert cascade.first_round is None and type(cascade).settled is Router.settled
+    for preds, remaining in ((["A", "B"], 1), (["A", None], 1), (["A", "A"], 3), (["A", "B", "C"], 2)):
+        assert cascade.settled(preds, ["x"] * len(preds), remaining, None) == \
+            vote_settled(preds, list(range(len(preds))), remaining, None)
     prof = _toy_profiles()
+    assert "budget" in ROUTERS and BudgetRouter.strategy == "budget"
     router = make_router(RoutingConfig(strategy="budget", max_calls=2), prof)
-    assert isinstance(router, BudgetRouter) and router.first_round == 2 and router.max_calls == 2
+    assert isinstance(router, BudgetRouter) and router.cascade and router.first_round == 2 and router.max_calls == 2
+    # size knobs need every expert's size: none of the toy names says it, the pool config may
+    with pytest.raises(ConfigError):
+        make_router(RoutingConfig(strategy="budget", size_weight=1.0), prof)
+    sized = BudgetRouter.from_config(RoutingConfig(strategy="budget", size_weight=1.0), prof,
+                                     sizes_gb={"a": 26.0, "b": 14.0, "c": 7.6, "d": 16.0})
+    assert sized.sizes == {"a": 26.0, "b": 14.0, "c": 7.6, "d": 16.0} and sized.size_weight == 1.0
+
+
+def test_expert_sizes_prefers_the_config_and_needs_every_expert():
+    assert expert_sizes(["Llama-2-13b-hf", "gpt2"], {"gpt2": 0.5}) == {"Llama-2-13b-hf": 26.0, "gpt2": 0.5}
+    assert expert_sizes(["Llama-2-13b-hf", "gpt2"], {}) is None
 
 
 # ------------------------------------------------------------------ evaluate integration (real recorded pool)
@@ -183,7 +204,8 @@ def test_cascade_router_without_the_hooks_keeps_its_behaviour():
 
 def test_pipeline_asks_exactly_what_the_pure_cascade_asks(recorded_runtime, mmlu_profiles):
     """Offline simulation (cascade_outcome) and the pipeline's rounds agree call for call."""
-    from skillmoe_ray.strategies import FixedRouter, VoteAggregator
+    from skillmoe_ray.aggregators import VoteAggregator
+    from skillmoe_ray.routers import FixedRouter
 
     task = get_task("MMLU_Pro")
     qs = recorded_runtime.questions(task, "test")[:200]

@@ -28,7 +28,7 @@ def test_serve_config_files_name_valid_deployments(path):
     schema = ServeDeploySchema.model_validate(data) if hasattr(ServeDeploySchema, "model_validate") \
         else ServeDeploySchema.parse_obj(data)
     for app in schema.applications:
-        assert app.import_path == "skillmoe_ray.serving.app:build_app"
+        assert app.import_path == "skillmoe_ray.serving.builders:build_app"
         load_config(ROOT / app.args["config"])
 
 

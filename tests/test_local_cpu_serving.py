@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import deploy
 from httpclient import get, post
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,9 +25,6 @@ pytestmark = [
 
 def test_real_models_answer_end_to_end(served_recorded, state_dir, tmp_path):
     from ray import serve
-
-    from skillmoe_ray.config import load_config
-    from skillmoe_ray.serving.app import ingress_for
 
     full = yaml.safe_load((ROOT / "deployments" / "local-cpu.yaml").read_text())
     keep = {"smollm2-135m", "qwen2.5-coder-0.5b"}
@@ -42,7 +40,7 @@ def test_real_models_answer_end_to_end(served_recorded, state_dir, tmp_path):
     path = tmp_path / "local-cpu-e2e.yaml"
     path.write_text(yaml.safe_dump(cfg))
 
-    serve.run(ingress_for(load_config(path)).bind(str(path), None, str(state_dir)), name="cpu", route_prefix="/cpu")
+    deploy(path, "cpu", state_dir)
     url = served_recorded + "/cpu"
     try:
         q = "What is 7 * 8? The options are: (A) 54 (B) 56 (C) 58 (D) 64"
@@ -53,8 +51,8 @@ def test_real_models_answer_end_to_end(served_recorded, state_dir, tmp_path):
         assert r["skills"], "the keyword LLM found no skills"
         assert all(k in r["timings"] for k in ("skills", "experts", "aggregate"))
         status, pool = get(f"{url}/v1/pool")
-        assert status == 200 and pool["aggregator"]["resident"] is True
-        assert pool["aggregator"]["model"] == "qwen2.5-coder-0.5b"
+        assert status == 200 and pool["aggregators"]["GPQA"]["resident"] is True
+        assert pool["aggregators"]["GPQA"]["model"] == "qwen2.5-coder-0.5b"
         print("\nanswer:", r["answer"], "| experts:", r["experts"], "| skills:", r["skills"],
               "| timings:", r["timings"])
     finally:

@@ -3,9 +3,9 @@
 import pytest
 
 from skillmoe_ray.engines.simulated import CostConstants
-from skillmoe_ray.makespan import (ModelCost, SimulatedCosts, expert_work, fit_two, planner_s, reference_grouped_s,
+from skillmoe_ray.scheduling.makespan import (ModelCost, SimulatedCosts, expert_work, fit_two, planner_s, reference_grouped_s,
                                    reference_moa_s, reference_naive_s)
-from skillmoe_ray.planner import WorkerState, plan_grouped
+from skillmoe_ray.scheduling.planner import WorkerState, plan_grouped
 
 C = CostConstants(load_fixed_s=20, load_gbps=2, release_s=10, step_fixed_s=0.01, step_per_seq_s=0.0,
                   out_tokens=100)

@@ -1,9 +1,10 @@
 from collections import Counter
 
-from skillmoe_ray.engines.base import Engine
-from skillmoe_ray.pipeline import LocalExecutor, Pipeline, group_by_expert
-from skillmoe_ray.engines.base import GenerationRequest
-from skillmoe_ray.strategies import CascadeRouter, FixedRouter, PaperRouter, VoteAggregator
+from skillmoe_ray.aggregators import VoteAggregator
+from skillmoe_ray.engines.base import Engine, GenerationRequest
+from skillmoe_ray.execution import LocalExecutor, group_by_expert
+from skillmoe_ray.pipeline import Pipeline
+from skillmoe_ray.routers import CascadeRouter, FixedRouter, PaperRouter
 from skillmoe_ray.tasks import Question, get_task
 
 

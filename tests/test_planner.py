@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from skillmoe_ray.planner import CostModel, WorkerState, plan_grouped, plan_naive
+from skillmoe_ray.scheduling.planner import CostModel, WorkerState, plan_grouped, plan_naive
 
 COST = CostModel(default_load_s=10.0, default_per_prompt_s=1.0)
 
@@ -62,7 +62,7 @@ def test_no_workers_is_an_error():
 def test_real_engines_pay_an_engine_start():
     """A vLLM start is seconds whatever the model's size; a recording loads at once."""
     from skillmoe_ray.config import ExpertConfig, load_config
-    from skillmoe_ray.serving.executor import cost_model_for
+    from skillmoe_ray.serving.actors import cost_model_for
 
     from pathlib import Path
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
+from conftest import deploy
 from httpclient import get, post
 
 pytestmark = pytest.mark.slow
@@ -30,14 +31,6 @@ def sim_config(path, name, **serving):
     return path
 
 
-def deploy(cfg_path, name, state_dir):
-    from ray import serve
-
-    from skillmoe_ray.config import load_config
-    from skillmoe_ray.serving.app import ingress_for
-
-    serve.run(ingress_for(load_config(cfg_path)).bind(str(cfg_path), None, str(state_dir)), name=name,
-              route_prefix=f"/{name}")
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +142,8 @@ def test_aggregator_failure_falls_back_to_a_vote(fault_app):
     import ray
 
     status, pool = get(f"{fault_app}/v1/pool", AUTH)
-    name = pool["aggregator"]["actor_name"]
-    ray.kill(ray.get_actor(name, namespace=pool["aggregator"]["namespace"]), no_restart=True)
+    agg = pool["aggregators"]["GPQA"]
+    ray.kill(ray.get_actor(agg["actor_name"], namespace=agg["namespace"]), no_restart=True)
     status, r = post(f"{fault_app}/v1/solve", {"question": gpqa_questions(3)[2]}, headers=AUTH)
     assert status == 200 and r["answer"] in "ABCD"
     assert r["aggregator"].startswith("vote (fallback: aggregator")
@@ -164,9 +157,7 @@ def test_model_that_fails_to_load_is_marked_unhealthy_and_avoided(served_recorde
 
     from ray import serve
 
-    from skillmoe_ray.config import load_config
     from skillmoe_ray.engines.recorded import builtin_recorded_dir
-    from skillmoe_ray.serving.app import ingress_for
     from skillmoe_ray.tasks import load_questions
 
     pool = tmp_path / "mmlu_pro"
@@ -177,8 +168,7 @@ def test_model_that_fails_to_load_is_marked_unhealthy_and_avoided(served_recorde
     cfg_path.write_text(yaml.safe_dump({"name": "sick", "pool": {"recorded_dir": str(pool)},
                                         "routing": {"strategy": "fixed", "k": 3},
                                         "serving": {"workers": 1, "cpus_per_worker": 0.5}}))
-    serve.run(ingress_for(load_config(cfg_path)).bind(str(cfg_path), None, str(state_dir)), name="sick",
-              route_prefix="/sick")
+    deploy(cfg_path, "sick", state_dir)
     url = served_recorded + "/sick"
     try:
         status, pool_view = get(f"{url}/v1/pool")

@@ -8,8 +8,9 @@ import pytest
 from httpclient import get, post
 
 from skillmoe_ray.pipeline import Pipeline
-from skillmoe_ray.planner import CostModel
-from skillmoe_ray.strategies import VoteAggregator, make_router
+from skillmoe_ray.scheduling.planner import CostModel
+from skillmoe_ray.aggregators import VoteAggregator
+from skillmoe_ray.routers import make_router
 from skillmoe_ray.tasks import Question, get_task
 
 
@@ -82,15 +83,18 @@ def test_workers_own_their_logical_gpus_and_follow_the_plan(ray_cluster, recorde
     import ray
 
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
-    from skillmoe_ray.pipeline import group_by_expert
-    from skillmoe_ray.serving.executor import RayExecutor, start_workers
+    from skillmoe_ray.execution import group_by_expert
+    from skillmoe_ray.serving.actors import start_workers, stop_actors
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
 
-    workers, pg = start_workers(recorded_runtime.experts, 2, gpus_per_worker=1, cpus_per_worker=0.5)
+    workers, pg, _ = start_workers(recorded_runtime.experts, 2, gpus_per_worker=1, cpus_per_worker=0.5)
+    ex = None
     try:
         infos = ray.get([w.info.remote() for w in workers])
         assert sorted(i["cuda_visible_devices"] for i in infos) == ["0", "1"]
         # a plan where loads are expensive: the planner splits experts across both workers
-        ex = RayExecutor(workers, CostModel(default_load_s=5.0, default_per_prompt_s=0.1))
+        limits = limits_from(ray.get(workers[0].traits.remote()), 1, None, False)
+        ex = RayExecutor(Scheduler(workers, limits, CostModel(default_load_s=5.0, default_per_prompt_s=0.1)))
         names = recorded_runtime.expert_names[:4]
         qs = recorded_runtime.questions(get_task("MMLU_Pro"), "test")[:6]
         reqs = [GenerationRequest.user("p", key=q.qid) for q in qs]
@@ -98,11 +102,11 @@ def test_workers_own_their_logical_gpus_and_follow_the_plan(ray_cluster, recorde
         assert len(texts) == 24 and all(isinstance(t, str) for t in texts.values())
         planned = ex.last_assignment.jobs
         assert all(len(v) == 2 for v in planned.values())
-        ran = {s["wid"]: [j["expert"] for j in s["jobs"]] for s in ex.last_stats}
-        assert ran == {w: e for w, e in planned.items() if e}
         infos = ray.get([w.info.remote() for w in workers])
         assert {i["wid"]: set(i["usage"]) for i in infos} == {w: set(e) for w, e in planned.items()}
+        # and they ran it as predicted: each worker loaded exactly what the planner said it would
+        assert {i["wid"]: (i["loads"], i["wakes"]) for i in infos} == ex.scheduler.predicted_counts()
     finally:
-        for w in workers:
-            ray.kill(w)
-        ray.util.remove_placement_group(pg)
+        if ex is not None:
+            ex.close()
+        stop_actors(workers, pg)

@@ -85,7 +85,7 @@ def test_per_skill_accuracy_and_registry():
 
 def test_a_prompt_that_quotes_simulated_answers_is_as_long_as_they_are():
     """An answer states its simulated length; whoever reads it pays for those tokens (thinking stripped)."""
-    from skillmoe_ray.aggregation import aggregation_prompt
+    from skillmoe_ray.prompts import aggregation_prompt
 
     task = get_task("GPQA")
     q = load_questions(task, "test")[0]

@@ -2,8 +2,8 @@ import pytest
 
 from skillmoe_ray.engines.base import Engine
 from skillmoe_ray.skills.embeddings import get_embedder
+from skillmoe_ray.prompts import KEYWORD_PROMPT
 from skillmoe_ray.skills.extract import (
-    KEYWORD_PROMPT,
     EmbeddingTagger,
     KeywordExtractor,
     SkillAligner,

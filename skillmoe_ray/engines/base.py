@@ -57,6 +57,14 @@ class Engine(ABC):
     """
 
     name: str
+    #: keeping it loaded costs nothing worth swapping for (recordings): outside any device budget
+    cheap_residency: bool = False
+    #: ``park`` keeps the weights in host memory (otherwise it frees them, as ``release`` does)
+    can_park: bool = False
+    #: ``prefetch`` can read the weights into host memory in the background
+    can_prefetch: bool = False
+    #: weights in GB, when known without loading (residency budgets and planning use it)
+    size_gb: float | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -199,6 +199,9 @@ class SimulatedEngine(Engine):
     overlapped). A load then costs a wake instead of a cold start.
     """
 
+    can_park = True
+    can_prefetch = True
+
     def __init__(self, name: str, spec: SimulatedSpec, clock: Clock | None = None, data_dir: str | None = None,
                  tp: int = 1):
         super().__init__(name)
@@ -216,7 +219,7 @@ class SimulatedEngine(Engine):
     def parked(self) -> bool:
         return self._parked
 
-    @property
+    @property  # type: ignore[override]
     def size_gb(self) -> float:
         return self.spec.size_gb
 

@@ -25,6 +25,9 @@ from .chat import PLAIN_STOP, encode_messages, use_chat
 
 
 class TransformersEngine(Engine):
+    can_park = True
+    can_prefetch = True
+
     def __init__(self, name: str, model: str, engine_args: dict[str, Any] | None = None):
         super().__init__(name)
         self.spec = model

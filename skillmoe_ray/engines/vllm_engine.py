@@ -158,6 +158,16 @@ def vllm_available() -> bool:
     return True
 
 
+def _cuda_visible() -> bool:
+    """Whether a CUDA device is usable, without importing vLLM (torch is already there)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
 def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
@@ -179,6 +189,8 @@ class VLLMEngine(Engine):
         self.size_gb = size_gb
         self.progress = progress
         self.prompt_format = self.engine_args.get("prompt_format", "auto")
+        # vLLM's sleep mode (level 1) parks weights in host memory on a GPU; the CPU build has none
+        self.can_park = _cuda_visible() and _truthy(self.engine_args.get("sleep_mode", True))
         if self.prompt_format not in ("auto", "chat", "plain"):
             raise EngineError(f"expert {name!r}: engine_args.prompt_format must be auto, chat or plain, "
                               f"got {self.prompt_format!r}")

@@ -44,10 +44,12 @@ def start_serving(config_path: str | Path, cfg: Config, host: str, port: int, re
     """Deploy the ingress; returns its URL once it answers."""
     from ray import serve
 
-    from .app import ingress_for
+    from .builders import build_application
 
+    if state_dir:
+        cfg.state_dir = state_dir
     serve.start(http_options={"host": host, "port": port}, detached=False)
-    app = ingress_for(cfg).bind(str(Path(config_path).resolve()), recorded_dir, state_dir)
+    app = build_application(cfg, recorded_dir, progress=True)
     try:
         serve.run(app, name="skillmoe", route_prefix="/", blocking=False)
     except Exception as exc:  # deployment constructor errors arrive wrapped

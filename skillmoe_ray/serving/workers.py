@@ -1,15 +1,14 @@
 """Worker actors: the only place models live in a served deployment.
 
 An :class:`ExpertWorker` owns one GPU (or CPU slot) and every engine of the
-pool. Its models sit in three tiers: on the device (at most ``capacity``
-swappable models), parked in host memory (up to ``host_budget_gb``; a parked
-model comes back with a wake instead of a cold start), or on disk. It runs the
-jobs the planner gave it in order; whenever a tier is full it evicts the model
-needed furthest in the future of its own job list (Belady's rule: the plan is
-known). With ``prefetch`` it starts reading the next job's model from disk into
-host memory while the current job generates, where the host budget allows.
-The :class:`AggregatorWorker` keeps the task's aggregator resident.
-These classes are plain Python; :mod:`.executor` wraps them with ``ray.remote``.
+pool. It does what the scheduler decided and nothing more: it runs the expert
+jobs it is sent, in order, and before each one applies the residency policy of
+:mod:`skillmoe_ray.scheduling.residency` (the same function the planner
+simulates) to the upcoming jobs it was told about, so the planner's predicted
+loads and wakes are the ones that happen. Each job reports back as soon as it
+is done, with what the worker now holds.
+The :class:`AggregatorWorker` keeps a task's aggregator model resident.
+These classes are plain Python; :mod:`.scheduler` wraps them with ``ray.remote``.
 """
 
 from __future__ import annotations
@@ -17,13 +16,17 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, Sequence
+from dataclasses import asdict
+from typing import Any, Hashable, Sequence
 
 from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..engines.registry import create_engine
-from ..errors import EngineError
+from ..errors import EngineError, SkillMoEError
+from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step
 
+#: (item key, request): the key comes back with the item's text
+Item = tuple[Hashable, GenerationRequest]
 Job = tuple[str, list[tuple[int, int, GenerationRequest]]]
 
 
@@ -31,21 +34,21 @@ class ExpertWorker:
     def __init__(self, wid: int, experts: Sequence[dict[str, Any]], data_dir: str | None = None, capacity: int = 1,
                  host_budget_gb: float | None = None, prefetch: bool = False, release_after: bool = False):
         self.wid = wid
-        #: free every model right after its job (the reference implementation's behaviour; for comparisons)
-        self.release_after = release_after
-        self.capacity = max(1, capacity)
-        #: None: parked models may use any amount of host memory
-        self.host_budget_gb = host_budget_gb
-        self.prefetch = prefetch
-        self.prefetches = 0
-        self.wakes = 0
         self.configs = {e["name"]: ExpertConfig.model_validate(e) for e in experts}
         self.data_dir = data_dir
         self.engines: dict[str, Engine] = {}
+        self.tiers = Tiers()
+        self.limits = Limits(max(1, capacity), host_budget_gb, {n: self._traits(n) for n in self.configs},
+                             prefetch, release_after)
         self.loads = 0
+        self.wakes = 0
+        self.prefetches = 0
         self.load_seconds = 0.0
+        self.jobs_done = 0
         self.usage: dict[str, int] = {}
         self.failed: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ engines
 
     def _engine(self, name: str) -> Engine:
         if name not in self.engines:
@@ -54,114 +57,138 @@ class ExpertWorker:
             self.engines[name] = create_engine(self.configs[name], self.data_dir)
         return self.engines[name]
 
-    def _swappable_resident(self) -> list[str]:
-        return [n for n, e in self.engines.items() if e.loaded and not getattr(e, "cheap_residency", False)]
+    def _traits(self, name: str) -> ModelTraits:
+        size = self.configs[name].size_gb
+        try:
+            e = self._engine(name)
+        except Exception:  # noqa: BLE001 - a broken expert fails at load, where it is reported
+            return ModelTraits(size_gb=float(size or 0.0))
+        return ModelTraits(size_gb=float(e.size_gb or size or 0.0), can_park=e.can_park,
+                           can_prefetch=e.can_prefetch, cheap=e.cheap_residency)
 
-    def _host_used_gb(self, leaving: str | None = None) -> float:
-        """Host memory of parked models, less ``leaving`` (a model about to wake frees its host copy)."""
-        return sum(e.host_bytes() for n, e in self.engines.items() if n != leaving) / 1e9
+    def add_engine(self, engine: Engine) -> None:
+        """Put a ready-made engine in the pool (benchmarks and tests build their own)."""
+        self.engines[engine.name] = engine
+        self.limits = Limits(self.limits.capacity, self.limits.host_budget_gb,
+                             {**self.limits.traits, engine.name: ModelTraits(
+                                 float(engine.size_gb or 0.0), engine.can_park, engine.can_prefetch,
+                                 engine.cheap_residency)}, self.limits.prefetch, self.limits.release_after)
 
-    def _size_gb(self, name: str) -> float:
-        engine = self.engines.get(name)
-        held = max(engine.resident_bytes(), engine.host_bytes()) / 1e9 if engine else 0.0
-        if held:
-            return held
-        hint = getattr(engine, "size_gb", None) or (self.configs[name].size_gb if name in self.configs else None)
-        return float(hint or 0.0)
+    def traits(self) -> dict[str, dict[str, Any]]:
+        """Every model's traits, for the planner's copy of the residency policy."""
+        return {n: asdict(t) for n, t in self.limits.traits.items()}
+
+    # ------------------------------------------------------------------ jobs
+
+    def run_job(self, name: str, items: Sequence[Item], sampling: SamplingSettings,
+                upcoming: Sequence[str] = ()) -> dict[str, Any]:
+        """One expert job: residency decisions for it (knowing the jobs that follow), then its batch.
+
+        Returns {"texts": {key: text}, "failed": {expert: why}, "job": timings, "state": tiers}.
+        A model that fails to load leaves its items unanswered and is reported in ``failed``.
+        """
+        t0 = time.perf_counter()
+        tiers = self.tiers.copy()
+        st: Step | None = None
+        try:
+            engine = self._engine(name)
+            st = step(tiers, name, list(upcoming), self.limits)
+            for kind, victim in st.evictions:
+                (self.engines[victim].park if kind == "park" else self.engines[victim].release)()
+            self.tiers = Tiers(tiers.device, tiers.host, tiers.cheap)
+            if not engine.loaded:
+                engine.load()
+        except Exception as exc:  # the expert is out of service; its items go back unanswered
+            self.tiers.device = [n for n in self.tiers.device if n != name]
+            self.tiers.cheap = [n for n in self.tiers.cheap if n != name]
+            if st is not None and st.prefetch is not None:  # decided, never started
+                self.tiers.host = [n for n in self.tiers.host if n != st.prefetch]
+            why = f"load failed on worker {self.wid}: {exc}"
+            self.failed[name] = why
+            return {"texts": {}, "failed": {name: why}, "job": {"expert": name, "n": len(items), "failed": True},
+                    "state": self.state()}
+        assert st is not None
+        self.loads += st.bring == "load"
+        self.wakes += st.bring == "wake"
+        t1 = time.perf_counter()
+        self.load_seconds += t1 - t0
+        for f in st.prefetch_frees:
+            self.engines[f].release()
+        if st.prefetch is not None:
+            if self._engine(st.prefetch).prefetch():
+                self.prefetches += 1
+            elif st.prefetch in self.tiers.host:
+                self.tiers.host.remove(st.prefetch)
+        texts, errors = self._generate(engine, items, sampling)
+        self.usage[name] = self.usage.get(name, 0) + len(items)
+        if after_job(self.tiers, name, self.limits):
+            engine.release()
+        self.jobs_done += 1
+        return {"texts": texts, "failed": {}, "errors": errors,
+                "job": {"expert": name, "load_s": t1 - t0, "generate_s": time.perf_counter() - t1, "n": len(items),
+                        "bring": st.bring, "woke": st.bring == "wake"},
+                "state": self.state()}
 
     @staticmethod
-    def _furthest(candidates: Sequence[str], upcoming: Sequence[str]) -> str:
-        def next_use(n: str) -> int:
-            return upcoming.index(n) if n in upcoming else len(upcoming) + 1
-
-        return max(candidates, key=next_use)
-
-    def _host_room(self, need_gb: float, upcoming: Sequence[str], keep: str | None = None,
-                   incoming: str | None = None) -> bool:
-        """Release parked models (furthest next use first) until ``need_gb`` fits the host budget."""
-        if self.host_budget_gb is None:
-            return True
-        while self._host_used_gb(leaving=incoming) + need_gb > self.host_budget_gb + 1e-9:
-            parked = [n for n, e in self.engines.items() if e.parked and n not in (keep, incoming)]
-            if not parked:
-                return False
-            victim = self._furthest(parked, upcoming)
-            if victim in upcoming[:1]:  # the next job's model: keeping it beats making room
-                return False
-            self.engines[victim].release()
-        return True
-
-    def _make_room(self, incoming: str, upcoming: Sequence[str]) -> None:
-        resident = self._swappable_resident()
-        while len(resident) >= self.capacity:
-            victim = self._furthest(resident, upcoming)
-            if victim in upcoming and self._host_room(self._size_gb(victim), upcoming, keep=victim,
-                                                      incoming=incoming):
-                self.engines[victim].park()
-            else:  # not needed again in this plan, or no host room: free it
-                self.engines[victim].release()
-            resident.remove(victim)
-
-    def _start_prefetch(self, name: str, upcoming: Sequence[str]) -> None:
-        if name not in self.engines and name not in self.configs:
-            return
-        engine = self._engine(name)
-        if engine.loaded or engine.parked or getattr(engine, "cheap_residency", False):
-            return
-        if self._host_room(self._size_gb(name), upcoming) and engine.prefetch():
-            self.prefetches += 1
+    def _generate(engine: Engine, items: Sequence[Item], sampling: SamplingSettings) -> tuple[dict, dict]:
+        """The batch's texts; a request the engine refuses (a recording it lacks) fails alone, not its batch."""
+        try:
+            out = engine.generate([req for _, req in items], sampling)
+            return {key: text for (key, _), text in zip(items, out)}, {}
+        except SkillMoEError:
+            if len(items) == 1:
+                raise
+        texts, errors = {}, {}
+        for key, req in items:
+            try:
+                texts[key] = engine.generate([req], sampling)[0]
+            except SkillMoEError as exc:
+                errors[key] = str(exc)
+        return texts, errors
 
     def run(self, jobs: Sequence[Job], sampling: SamplingSettings) -> dict[str, Any]:
-        """Run expert jobs in order; returns {"texts": {(qi, slot): text}, "stats": ...}."""
-        texts: dict[tuple[int, int], str] = {}
+        """Run a whole job list in order; returns {"texts": {(qi, slot): text}, "stats": ...}."""
+        texts: dict[Any, str] = {}
         timings: list[dict[str, Any]] = []
         failed: dict[str, str] = {}
         names = [name for name, _ in jobs]
         for i, (name, work) in enumerate(jobs):
-            t0 = time.perf_counter()
-            woke = False
-            try:
-                engine = self._engine(name)
-                if not engine.loaded:
-                    if not getattr(engine, "cheap_residency", False):
-                        self._make_room(name, names[i + 1 :])
-                    woke = engine.parked
-                    engine.load()
-                    self.wakes += woke
-                    self.loads += not woke
-            except Exception as exc:  # the expert is out of service; its items go back unanswered
-                failed[name] = f"load failed on worker {self.wid}: {exc}"
-                self.failed[name] = failed[name]
-                continue
-            t1 = time.perf_counter()
-            self.load_seconds += t1 - t0
-            if self.prefetch:
-                nxt = next((n for n in names[i + 1 :] if n != name), None)
-                if nxt is not None:
-                    self._start_prefetch(nxt, names[i + 1 :])
-            out = engine.generate([req for _, _, req in work], sampling)
-            for (qi, slot, _), text in zip(work, out):
-                texts[(qi, slot)] = text
-            self.usage[name] = self.usage.get(name, 0) + len(work)
-            if self.release_after and not getattr(engine, "cheap_residency", False):
-                engine.release()
-            timings.append({"expert": name, "load_s": t1 - t0, "generate_s": time.perf_counter() - t1, "n": len(work),
-                            "woke": woke})
+            r = self.run_job(name, [((qi, slot), req) for qi, slot, req in work], sampling, names[i + 1:])
+            texts.update(r["texts"])
+            failed.update(r["failed"])
+            if not r["failed"]:
+                timings.append(r["job"])
         return {"texts": texts,
                 "stats": {"wid": self.wid, "jobs": timings, "resident": self.resident(), "failed": failed,
                           "parked": self.parked()}}
 
+    # ------------------------------------------------------------------ state
+
     def resident(self) -> list[str]:
-        return [n for n, e in self.engines.items() if e.loaded]
+        return self.tiers.cheap + self.tiers.device
 
     def parked(self) -> list[str]:
-        return [n for n, e in self.engines.items() if e.parked]
+        return list(self.tiers.host)
+
+    def state(self) -> dict[str, Any]:
+        """What the scheduler needs to plan on this worker, also after the scheduler restarts."""
+        return {"wid": self.wid, "resident": self.resident(), "parked": self.parked(), "loads": self.loads,
+                "wakes": self.wakes, "jobs_done": self.jobs_done, "failed": dict(self.failed)}
 
     def info(self) -> dict[str, Any]:
+        node = ""
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - outside Ray (tests, benchmarks) there is no node
+            pass
         return {
             "wid": self.wid,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node_id": node,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "resident": self.resident(),
             "parked": self.parked(),
@@ -184,13 +211,15 @@ class AggregatorWorker:
         self.weights_by_task = weights_by_task
         self.engine: Engine | None = None
         self.max_tokens = max_tokens
+        self.loads = 0
         if llm_expert is not None:
             self.engine = create_engine(ExpertConfig.model_validate(llm_expert), data_dir)
             self.engine.load()
+            self.loads += 1
 
     def aggregate(self, task_name: str, questions: list, answers: list, seed: int) -> list[tuple[str | None, str, str]]:
-        from ..pipeline import LocalExecutor
-        from ..strategies import LLMAggregator, VoteAggregator, WeightedVoteAggregator
+        from ..execution import LocalExecutor
+        from ..aggregators import LLMAggregator, VoteAggregator, WeightedVoteAggregator
         from ..tasks import get_task
 
         task = get_task(task_name)
@@ -206,9 +235,6 @@ class AggregatorWorker:
         return agg.aggregate(task, questions, answers, None, seed)  # type: ignore[arg-type]
 
     def info(self) -> dict[str, Any]:
-        import ray
-
-        ctx = ray.get_runtime_context()
         return {"mode": self.mode, "model": self.engine.name if self.engine else None,
-                "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid(),
-                "actor_name": ctx.get_actor_name(), "namespace": ctx.namespace}
+                "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid(), "loads": self.loads,
+                "tasks": sorted(self.ranking_by_task)}

@@ -27,18 +27,9 @@ import numpy as np
 
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..errors import ConfigError
+from ..prompts import KEYWORD_PROMPT
 from ..tasks import Question
 from .embeddings import Embedder
-
-KEYWORD_PROMPT = (
-    "Question: {question}\n"
-    "What are the core knowledge, subjects or skills needed to solve this problem? "
-    "List 2-5 keywords separated in comma. "
-    "Example keywords: psychology, virology, behavioral theory, microbiology, "
-    "diplomacy, political science, property law, finance, business. "
-    "Give ONLY the keywords, no other words or explanation. "
-    "Follow this format: Keywords: <keyword1>, <keyword2>..."
-)
 
 
 class SkillExtractor(Protocol):

@@ -11,8 +11,10 @@ that question alone, as a per-request system would.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol, Sequence
+
+from .residency import Limits, Outcome, Tiers, after_job, simulate, step
 
 
 class Costs(Protocol):
@@ -54,13 +56,19 @@ class CostModel:
 @dataclass(frozen=True)
 class WorkerState:
     wid: int
-    resident: frozenset[str] = frozenset()
+    #: models on the device, in the order they were loaded (cheap, always-resident ones included)
+    resident: Sequence[str] = ()
     #: seconds of work already queued on the worker
     busy_s: float = 0.0
     #: models the worker can hold at once (device budget in models)
     capacity: int = 1
     #: models parked in the worker's host memory (a wake away)
-    parked: frozenset[str] = frozenset()
+    parked: Sequence[str] = ()
+
+    def tiers(self, limits: Limits) -> Tiers:
+        resident = list(self.resident)
+        return Tiers(device=[n for n in resident if not limits.trait(n).cheap], host=list(self.parked),
+                     cheap=[n for n in resident if limits.trait(n).cheap])
 
 
 @dataclass
@@ -69,6 +77,8 @@ class Assignment:
 
     An expert is normally on one worker; a long job may be split over several
     workers (each loads the expert and takes a share of its prompts).
+    ``predicted`` is what each worker will load, wake and hold running its
+    jobs, by the residency policy the workers themselves apply.
     """
 
     jobs: dict[int, list[str]]
@@ -76,10 +86,15 @@ class Assignment:
     loads: int
     #: worker -> expert -> prompts of that expert it runs
     shares: dict[int, dict[str, int]] = field(default_factory=dict)
+    predicted: dict[int, Outcome] = field(default_factory=dict)
 
     @property
     def makespan_s(self) -> float:
         return max(self.finish_s.values(), default=0.0)
+
+    @property
+    def wakes(self) -> int:
+        return sum(o.wakes for o in self.predicted.values())
 
     def worker_of(self) -> dict[str, int]:
         return {e: w for w, experts in self.jobs.items() for e in experts}
@@ -94,24 +109,29 @@ def _split(n: int, parts: int) -> list[int]:
     return [base + (i < extra) for i in range(parts)]
 
 
+def _bring_cost(cost: Costs, e: str, bring: str) -> float:
+    return 0.0 if bring == "resident" else cost.wake(e) if bring == "wake" else cost.load(e)
+
+
+def worker_limits(limits: Limits | None, w: WorkerState) -> Limits:
+    return replace(limits or Limits(), capacity=max(1, w.capacity))
+
+
 def _list_schedule(work: Mapping[str, int], parts: Mapping[str, int], workers: Sequence[WorkerState],
-                   cost: Costs) -> Assignment:
+                   cost: Costs, limits: Limits | None = None) -> Assignment:
+    lim = {w.wid: worker_limits(limits, w) for w in workers}
+    start = {w.wid: w.tiers(lim[w.wid]) for w in workers}
+    tiers = {wid: t.copy() for wid, t in start.items()}
     finish = {w.wid: w.busy_s for w in workers}
-    resident = {w.wid: list(w.resident) for w in workers}
-    parked = {w.wid: set(w.parked) for w in workers}
-    capacity = {w.wid: max(1, w.capacity) for w in workers}
     jobs: dict[int, list[str]] = {w.wid: [] for w in workers}
     shares: dict[int, dict[str, int]] = {w.wid: {} for w in workers}
-    loads = 0
+
+    def bring(e: str, wid: int) -> str:
+        t = tiers[wid]
+        return "resident" if t.holds(e) else "wake" if e in t.host else "load"
 
     def job_cost(e: str, n: int, wid: int) -> float:
-        if e in resident[wid]:
-            bring = 0.0
-        elif e in parked[wid]:
-            bring = cost.wake(e)
-        else:
-            bring = cost.load(e)
-        return bring + cost.generate(e, n)
+        return _bring_cost(cost, e, bring(e, wid)) + cost.generate(e, n)
 
     # experts already resident somewhere first (they run before any swap), then longest first
     anywhere = {e for w in workers for e in w.resident}
@@ -119,26 +139,32 @@ def _list_schedule(work: Mapping[str, int], parts: Mapping[str, int], workers: S
     pieces.sort(key=lambda p: (p[0] not in anywhere, -(cost.load(p[0]) + cost.generate(p[0], p[1])), p[0]))
     for e, n in pieces:
         free = [w for w in finish if e not in shares[w]] or list(finish)  # a split's pieces go to different workers
-        wid = min(free, key=lambda w: (finish[w] + job_cost(e, n, w), e not in resident[w], w))
+        wid = min(free, key=lambda w: (finish[w] + job_cost(e, n, w), not tiers[w].holds(e), w))
         finish[wid] += job_cost(e, n, wid)
-        if e not in resident[wid]:
-            loads += 1
-            resident[wid].append(e)
-            if len(resident[wid]) > capacity[wid]:
-                parked[wid].add(resident[wid].pop(0))
+        # while assigning, later jobs are unknown: the policy runs without a look-ahead here
+        step(tiers[wid], e, [], lim[wid])
+        after_job(tiers[wid], e, lim[wid])
         if e not in shares[wid]:
             jobs[wid].append(e)
         shares[wid][e] = shares[wid].get(e, 0) + n
-    return Assignment(jobs, finish, loads, shares)
+    # the prediction: each worker's whole job list through the policy, with the look-ahead the worker has
+    predicted = {wid: simulate(start[wid], jobs[wid], lim[wid]) for wid in jobs}
+    busy = {w.wid: w.busy_s for w in workers}
+    finish = {wid: busy[wid] + sum(_bring_cost(cost, e, b) + cost.generate(e, shares[wid][e])
+                                   for e, b in zip(jobs[wid], predicted[wid].brings)) for wid in jobs}
+    loads = sum(o.loads for o in predicted.values())
+    return Assignment(jobs, finish, loads, shares, predicted)
 
 
 def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: Costs,
-                 split: bool = True) -> Assignment:
+                 split: bool = True, limits: Limits | None = None) -> Assignment:
     """Expert-grouped, residency-aware, load-balanced assignment of a batch's work.
 
     ``work`` maps each expert to its number of prompts in the batch. Each
     expert's job (load, unless resident or parked there, plus generation) goes
     to the worker where it would finish earliest, longest job first. With
+    ``limits`` (the workers' budgets, prefetch and their models' traits) feed the
+    residency policy the workers apply, so ``predicted`` is what they will do. With
     ``split``, a job that sets the makespan is then split over one more worker
     at a time (each piece pays its own load) for as long as that shortens the
     batch: one expert holding most of a batch's prompts would otherwise leave
@@ -147,7 +173,7 @@ def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: 
     if not workers:
         raise ValueError("no workers to plan onto")
     parts = {e: 1 for e in work}
-    best = _list_schedule(work, parts, workers, cost)
+    best = _list_schedule(work, parts, workers, cost, limits)
     if not split:
         return best
     while True:
@@ -158,7 +184,7 @@ def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: 
         # the critical worker's longest job is the one worth spreading
         e = max(candidates, key=lambda x: cost.generate(x, best.shares[critical][x]))
         trial_parts = dict(parts, **{e: parts[e] + 1})
-        trial = _list_schedule(work, trial_parts, workers, cost)
+        trial = _list_schedule(work, trial_parts, workers, cost, limits)
         if trial.makespan_s >= best.makespan_s - 1e-9:
             return best
         parts, best = trial_parts, trial

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
-from .config import ExpertConfig
-from .engines.simulated import CostConstants, spec_from_args
+from ..config import ExpertConfig
+from ..engines.simulated import CostConstants, spec_from_args
 from .planner import WorkerState, plan_grouped
 
 

@@ -1,0 +1,182 @@
+"""Aggregators: how a question's expert answers become one answer, and the registry that names them.
+
+A deployment's ``aggregation.mode`` is a key of :data:`AGGREGATORS`, so the
+server (:func:`make_aggregator`) and ``skillmoe evaluate`` build the same
+object from the same name. The vote arithmetic itself is in :mod:`.aggregation`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+
+from .aggregation import weighted_vote
+from .engines.base import GenerationRequest, SamplingSettings
+from .errors import ConfigError
+from .profiles import Profiles
+from .prompts import aggregation_prompt
+from .solution import ExpertAnswer
+from .tasks import Question, Task
+
+if TYPE_CHECKING:
+    from .config import AggregationConfig
+    from .execution import Executor
+
+
+class Aggregator(ABC):
+    """Merges each question's expert answers; may call a model through the executor."""
+
+    name: str
+    #: the ``aggregation.mode`` this class is registered under (set by :func:`register_aggregator`)
+    mode: str | None = None
+
+    @abstractmethod
+    def aggregate(
+        self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]], executor: Executor,
+        seed: int,
+    ) -> list[tuple[str | None, str, str]]:
+        """(answer, response, who aggregated) per question."""
+
+    @classmethod
+    def from_config(cls, aggregation: AggregationConfig, profiles: Profiles) -> Aggregator:
+        """The aggregator a deployment's aggregation section describes (registered aggregators override this)."""
+        raise ConfigError(f"{cls.__name__} cannot be built from a deployment's aggregation section")
+
+
+AggregatorFactory = Callable[["AggregationConfig", Profiles], Aggregator]
+
+#: ``aggregation.mode`` -> how to build that aggregator from the config and the profiles
+AGGREGATORS: dict[str, AggregatorFactory] = {}
+
+A = TypeVar("A", bound=type[Aggregator])
+
+
+def register_aggregator(mode: str) -> Callable[[A], A]:
+    """Class decorator: the aggregator is built by ``AGGREGATORS[mode]`` through its ``from_config``."""
+
+    def register(cls: A) -> A:
+        if mode in AGGREGATORS:
+            raise ValueError(f"an aggregator is already registered as {mode!r}")
+        cls.mode = mode
+        AGGREGATORS[mode] = cls.from_config
+        return cls
+
+    return register
+
+
+def make_aggregator(aggregation: AggregationConfig, profiles: Profiles) -> Aggregator:
+    """The aggregator a deployment's ``aggregation.mode`` names."""
+    try:
+        factory = AGGREGATORS[aggregation.mode]
+    except KeyError:
+        raise ConfigError(f"unknown aggregation.mode {aggregation.mode!r}; known: {', '.join(AGGREGATORS)}") from None
+    return factory(aggregation, profiles)
+
+
+@register_aggregator("vote")
+class VoteAggregator(Aggregator):
+    """Majority vote; ties go to the answer of the better-ranked expert (validation accuracy)."""
+
+    name = "vote"
+
+    def __init__(self, ranking: Sequence[str]):
+        self.rank = {e: i for i, e in enumerate(ranking)}
+
+    @classmethod
+    def from_config(cls, aggregation: AggregationConfig, profiles: Profiles) -> Aggregator:
+        return cls(profiles.ranking())
+
+    def _rank(self, answers: Sequence[ExpertAnswer]) -> list[int]:
+        return [self.rank.get(a.expert, len(self.rank)) for a in answers]
+
+    def _weight(self, expert: str) -> float:
+        return 1.0
+
+    def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
+                  executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
+        out = []
+        for ans in answers:
+            pred = weighted_vote([a.pred for a in ans], [self._weight(a.expert) for a in ans], self._rank(ans), task)
+            out.append((pred, _winning_response(ans, pred, task), self.name))
+        return out
+
+
+class OrderedVoteAggregator(VoteAggregator):
+    """Majority vote; ties go to the answer of the expert asked first (the router's per-question order).
+
+    The budget router's (:class:`.routers.BudgetRouter`) partner: its stopping
+    rule assumes this tie-break. Not a deployment ``aggregation.mode``, so it
+    is not registered; ``skillmoe evaluate`` pairs it with the budget cascades.
+    """
+
+    name = "ordered_vote"
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def _rank(self, answers: Sequence[ExpertAnswer]) -> list[int]:
+        return list(range(len(answers)))
+
+
+@register_aggregator("weighted_vote")
+class WeightedVoteAggregator(VoteAggregator):
+    """Votes weighted per expert; from profiles: validation log-odds, log(acc / (1 - acc)) shifted positive."""
+
+    name = "weighted_vote"
+
+    def __init__(self, ranking: Sequence[str], weights: dict[str, float]):
+        super().__init__(ranking)
+        self.weights = dict(weights)
+
+    @classmethod
+    def from_profiles(cls, profiles: Profiles) -> WeightedVoteAggregator:
+        return cls(profiles.ranking(), log_odds_weights(profiles.accuracy))
+
+    @classmethod
+    def from_config(cls, aggregation: AggregationConfig, profiles: Profiles) -> Aggregator:
+        return cls.from_profiles(profiles)
+
+    def _weight(self, expert: str) -> float:
+        return self.weights.get(expert, 0.0)
+
+
+@register_aggregator("llm")
+class LLMAggregator(Aggregator):
+    """An aggregator model reads the experts' chains of thought and answers (the paper's last step)."""
+
+    def __init__(self, model: str, max_tokens: int = 4096):
+        self.model = model
+        self.name = f"llm:{model}"
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def from_config(cls, aggregation: AggregationConfig, profiles: Profiles) -> Aggregator:
+        """The configured model, else the one the task's aggregator benchmark chose."""
+        return cls(aggregation.aggregator or profiles.aggregator.get("name"), aggregation.max_tokens)
+
+    def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
+                  executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
+        requests = [
+            GenerationRequest.user(aggregation_prompt(task, q.text, [a.response for a in ans]), key=q.qid,
+                                   role="aggregator", question=q.text)
+            for q, ans in zip(questions, answers)
+        ]
+        plan = {self.model: [(i, 0, r) for i, r in enumerate(requests)]}
+        texts = executor.run(plan, SamplingSettings(temperature=0.7, max_tokens=self.max_tokens, seed=seed))
+        return [(task.extract(texts[(i, 0)]), texts[(i, 0)], self.model) for i in range(len(requests))]
+
+
+def log_odds_weights(accuracy: dict[str, float], eps: float = 0.02) -> dict[str, float]:
+    """log(p/(1-p)) per expert, shifted so the weakest expert still has a small positive vote."""
+    raw = {e: math.log(min(max(p, eps), 1 - eps) / (1 - min(max(p, eps), 1 - eps))) for e, p in accuracy.items()}
+    low = min(raw.values())
+    return {e: w - low + 0.1 for e, w in raw.items()}
+
+
+def _winning_response(answers: Sequence[ExpertAnswer], pred: str | None, task: Task) -> str:
+    """The chain of thought of the first expert that gave the winning answer."""
+    for a in answers:
+        if a.pred is not None and pred is not None and task.same_answer(a.pred, pred):
+            return a.response
+    return answers[0].response if answers else ""

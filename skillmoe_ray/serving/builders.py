@@ -1,0 +1,71 @@
+"""Config in, Serve application out (Ray Serve LLM's builder-function convention).
+
+The deploying process reads the deployment file once, loads the profiles (or
+builds them here, never inside a replica) and ships both to the deployments as
+arguments, so every replica starts from the same validated config and profiles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, load_config
+from ..errors import SkillMoEError
+
+
+@dataclass
+class AppSpec:
+    """Everything a replica needs, carried with the application rather than read from one node's disk."""
+
+    cfg: Config
+    #: task -> profiles (their JSON form)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recorded_dir: str | None = None
+
+
+def resolve_config_path(value: str) -> str:
+    """A deployment file given relative to the working directory or to the project root."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.is_file():
+        return str(p.resolve())
+    root = Path(__file__).resolve().parents[2]
+    return str((root / p).resolve()) if (root / p).is_file() else str(p)
+
+
+def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = False) -> AppSpec:
+    """Load (or build, in this process) the profiles of every served task."""
+    from ..runtime import Runtime
+    from ..tasks import get_task
+
+    rt = Runtime.from_config(cfg, recorded_dir=recorded_dir, progress=progress)
+    profiles = {}
+    for name in cfg.serving.tasks:
+        task = get_task(name)
+        profiles[task.name] = rt.profiles(task).to_json()
+    return AppSpec(cfg, profiles, recorded_dir)
+
+
+def build_application(cfg: Config, recorded_dir: str | None = None, progress: bool = False) -> Any:
+    """The bound application: a one-replica scheduler that owns the pool, and N stateless ingress replicas."""
+    from .ingress import SkillMoEIngress
+    from .scheduler_deployment import SkillMoEScheduler
+
+    spec = app_spec(cfg, recorded_dir, progress)
+    scheduler = SkillMoEScheduler.options(
+        max_ongoing_requests=max(10_000, 4 * cfg.serving.max_pending)).bind(spec)
+    limit = max(cfg.serving.max_pending, cfg.serving.max_batch_size) + 16
+    ingress = SkillMoEIngress.options(max_ongoing_requests=limit, num_replicas=cfg.serving.ingress_replicas)
+    return ingress.bind(scheduler, spec)
+
+
+def build_app(args: dict[str, str]) -> Any:
+    """Application builder for ``serve run skillmoe_ray.serving.builders:build_app config=deployments/x.yaml``
+    and for the Serve config files under ``deployments/``."""
+    if "config" not in args:
+        raise SkillMoEError("build_app needs the argument config=<deployment yaml>")
+    cfg = load_config(resolve_config_path(args["config"]))  # fail here, with the file and field
+    if args.get("state_dir"):
+        cfg.state_dir = args["state_dir"]
+    return build_application(cfg, args.get("recorded_dir"))

@@ -1,0 +1,460 @@
+"""The scheduler: the one owner of the model pool.
+
+Ingress replicas are stateless: they validate, find skills and recruit, then
+hand each routed question to the scheduler. The scheduler forms expert-grouped
+micro-batches from the questions of *all* replicas, plans each batch over the
+worker actors with :func:`~skillmoe_ray.scheduling.planner.plan_grouped` on what
+every worker will hold once its queued jobs are done (the residency policy's
+prediction, so overlapping batches never plan against a stale snapshot), and
+sends each worker its jobs one by one. Every job reports back as it finishes; a
+question is aggregated (by its task's aggregator actor) and answered as soon as
+its own experts are in, not when its whole batch is.
+
+All state lives on one asyncio event loop, so nothing here needs a lock. The
+class is plain Python over Ray actor handles: the Serve deployment in
+:mod:`.deployments` wraps it, and the benchmarks drive it directly through
+:class:`RayExecutor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Mapping, Sequence
+
+from ..aggregation import weighted_vote
+from ..engines.base import GenerationRequest, SamplingSettings
+from ..errors import EngineError, SkillMoEError
+from ..execution import ExpertPlan, describe_unhealthy
+from ..solution import ExpertAnswer
+from ..scheduling.planner import Assignment, Costs, WorkerState, plan_grouped
+from ..scheduling.residency import Limits, ModelTraits, Tiers
+from ..tasks import Question, get_task
+from .http import user_error
+
+log = logging.getLogger(__name__)
+
+Item = tuple[Hashable, GenerationRequest]
+
+
+class Overloaded(SkillMoEError):
+    """The pool has as many questions admitted as it may hold; the caller should retry shortly."""
+
+
+@dataclass
+class Work:
+    """One routed question, as an ingress replica hands it over."""
+
+    question: Question
+    experts: list[str]
+    request: GenerationRequest
+    sampling: SamplingSettings
+    seed: int
+    #: fallback order for substitutes when an expert is out of service (best first)
+    ranking: list[str]
+
+
+@dataclass
+class _Open:
+    """A question between admission and its answer."""
+
+    id: int
+    work: Work
+    future: asyncio.Future
+    admitted: float
+    answers: dict[int, ExpertAnswer] = field(default_factory=dict)
+    dispatched: float = 0.0
+    attempts: int = 0
+    #: experts as asked (substitutes replace unhealthy ones)
+    experts: list[str] = field(default_factory=list)
+    batch_size: int = 0
+
+
+@dataclass
+class _WorkerView:
+    """What the scheduler believes about one worker: what it will hold after its queued jobs."""
+
+    tiers: Tiers = field(default_factory=Tiers)
+    pending_s: float = 0.0
+    inflight: int = 0
+    #: residency predicted by the planner, summed over every job sent
+    predicted_loads: int = 0
+    predicted_wakes: int = 0
+
+
+def _split_items(items: Mapping[str, list[Item]], assignment: Assignment) -> dict[int, list[tuple[str, list[Item]]]]:
+    """Each worker's jobs with the items it runs: an expert split over workers is cut in order."""
+    offsets: dict[str, int] = {}
+    out: dict[int, list[tuple[str, list[Item]]]] = {}
+    for wid, experts in assignment.jobs.items():
+        out[wid] = []
+        for e in experts:
+            share = assignment.shares.get(wid, {}).get(e, len(items[e]))
+            start = offsets.get(e, 0)
+            out[wid].append((e, items[e][start:start + share]))
+            offsets[e] = start + share
+    return out
+
+
+class Scheduler:
+    """Owns the workers' queues and residency, plans batches, and answers each question when its experts are done."""
+
+    def __init__(self, workers: Sequence[Any], limits: Limits, cost: Costs,
+                 aggregators: Mapping[str, Any] | None = None, aggregator_names: Mapping[str, str] | None = None,
+                 batch_window_s: float = 0.05, max_batch_size: int = 64, max_concurrent_batches: int = 2,
+                 max_pending: int = 10**9, aggregate_timeout_s: float = 600.0, attempts: int = 3):
+        self.workers = list(workers)
+        self.limits = limits
+        self.cost = cost
+        #: task -> aggregator actor; task -> its aggregator's name (for answers and the pool view)
+        self.aggregators = dict(aggregators or {})
+        self.aggregator_names = dict(aggregator_names or {})
+        self.batch_window_s = batch_window_s
+        self.max_batch_size = max_batch_size
+        self.max_concurrent_batches = max(1, max_concurrent_batches)
+        self.max_pending = max_pending
+        self.aggregate_timeout_s = aggregate_timeout_s
+        self.attempts = attempts
+        self.views = {i: _WorkerView() for i in range(len(self.workers))}
+        #: expert -> why it is out of service (its load failed on a worker); routing avoids these
+        self.unhealthy: dict[str, str] = {}
+        self.usage: Counter[str] = Counter()
+        self.served = 0
+        self.batches = 0
+        self.last_assignment: Assignment | None = None
+        self._queue: list[_Open] = []
+        self._wakeup: asyncio.Event | None = None
+        self._former: asyncio.Task | None = None
+        self._batches_in_flight = 0
+        self._open = 0
+        self._ids = 0
+        self._by_id: dict[int, _Open] = {}
+
+    # ------------------------------------------------------------------ state
+
+    def adopt(self, states: Sequence[dict[str, Any]]) -> None:
+        """Take the workers' own account of what they hold (at start, and after a restart of the scheduler)."""
+        for s in states:
+            v = self.views[s["wid"]]
+            cheap = [n for n in s["resident"] if self.limits.trait(n).cheap]
+            v.tiers = Tiers([n for n in s["resident"] if n not in cheap], list(s["parked"]), cheap)
+            self.unhealthy.update(s.get("failed", {}))
+
+    @property
+    def expert_names(self) -> list[str]:
+        return list(self.limits.traits)
+
+    @property
+    def pending(self) -> int:
+        return self._open
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, items: Mapping[str, list[Item]], sampling: SamplingSettings) -> list[asyncio.Future]:
+        """Plan ``items`` (expert -> prompts) over the workers and send each worker its jobs in order.
+
+        Returns one future per job, resolving to (expert, items, result dict or the exception).
+        """
+        work = {e: len(v) for e, v in items.items() if v}
+        states = [WorkerState(wid, tuple(v.tiers.cheap + v.tiers.device), v.pending_s, self.limits.capacity,
+                              tuple(v.tiers.host)) for wid, v in self.views.items()]
+        assignment = plan_grouped(work, states, self.cost, limits=self.limits)
+        self.last_assignment = assignment
+        futures: list[asyncio.Future] = []
+        for wid, jobs in _split_items(items, assignment).items():
+            jobs = [(e, part) for e, part in jobs if part]
+            if not jobs:
+                continue
+            view = self.views[wid]
+            outcome = assignment.predicted[wid]
+            view.tiers = outcome.tiers.copy()
+            view.predicted_loads += outcome.loads
+            view.predicted_wakes += outcome.wakes
+            names = [e for e, _ in jobs]
+            for i, ((e, part), bring) in enumerate(zip(jobs, outcome.brings)):
+                seconds = (0.0 if bring == "resident" else self.cost.wake(e) if bring == "wake" else self.cost.load(e)) \
+                    + self.cost.generate(e, len(part))
+                view.pending_s += seconds
+                view.inflight += 1
+                ref = self.workers[wid].run_job.remote(e, part, sampling, names[i + 1:])
+                futures.append(asyncio.ensure_future(self._job(wid, e, part, ref, seconds)))
+        return futures
+
+    async def _job(self, wid: int, expert: str, items: list[Item], ref: Any, seconds: float) -> tuple:
+        view = self.views[wid]
+        try:
+            result: Any = await ref
+        except Exception as exc:  # noqa: BLE001 - the worker died past its retries, or the job raised
+            result = exc
+        finally:
+            view.inflight -= 1
+            view.pending_s = max(0.0, view.pending_s - seconds)
+        if isinstance(result, dict):
+            self.unhealthy.update(result.get("failed", {}))
+            if view.inflight == 0:  # nothing queued: the worker's own account is the truth
+                self.adopt([result["state"]])
+        return expert, items, result
+
+    async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
+        """Run a whole plan at once (no micro-batching): cascade rounds, the keyword LLM, benchmarks.
+
+        Items of an expert that failed to load are left out (see ``unhealthy``), as the executor protocol says.
+        """
+        items = {e: [((qi, slot), req) for qi, slot, req in work] for e, work in plan.items()}
+        texts: dict[tuple[int, int], str] = {}
+        for fut in asyncio.as_completed(self._dispatch(items, sampling)):
+            expert, part, result = await fut
+            if isinstance(result, BaseException):
+                raise user_error(result) or EngineError(f"expert {expert}: worker failed ({type(result).__name__})")
+            if result.get("errors"):
+                raise EngineError(next(iter(result["errors"].values())))
+            texts.update(result["texts"])
+            self.usage.update({expert: len(result["texts"])})
+        return texts
+
+    # ------------------------------------------------------------------ questions
+
+    async def solve(self, work: Work) -> dict[str, Any]:
+        """Admit one routed question into the next micro-batch; its answer when its own experts are done."""
+        if self._open >= self.max_pending:
+            raise Overloaded(f"server is at capacity ({self.max_pending} questions admitted); retry shortly")
+        loop = asyncio.get_running_loop()
+        if self._former is None or self._former.done():
+            self._wakeup = asyncio.Event()
+            self._former = loop.create_task(self._form_batches())
+        self._ids += 1
+        q = _Open(self._ids, work, loop.create_future(), time.perf_counter(), experts=self._healthy(work))
+        self._open += 1
+        self._by_id[q.id] = q
+        self._queue.append(q)
+        assert self._wakeup is not None
+        self._wakeup.set()
+        try:
+            return await q.future
+        finally:
+            self._open -= 1
+            self._by_id.pop(q.id, None)
+
+    def _healthy(self, work: Work) -> list[str]:
+        """The question's experts, each unhealthy one replaced by the best-ranked healthy one it does not have."""
+        if not any(e in self.unhealthy for e in work.experts):
+            return list(work.experts)
+        order = list(work.ranking) + [e for e in self.expert_names if e not in work.ranking]
+        healthy = [e for e in order if e not in self.unhealthy]
+        if not healthy:
+            raise EngineError(f"every expert of the pool is out of service: {describe_unhealthy(self.unhealthy)}")
+        out: list[str] = []
+        for e in work.experts:
+            if e in self.unhealthy:
+                e = next((h for h in healthy if h not in out and h not in work.experts), healthy[0])
+            out.append(e)
+        return out
+
+    async def _form_batches(self) -> None:
+        """Micro-batches across every replica's questions: by window and size, a bounded number in flight."""
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._queue:
+                continue
+            if len(self._queue) < self.max_batch_size and self.batch_window_s > 0:
+                await asyncio.sleep(self.batch_window_s)
+            while self._batches_in_flight >= self.max_concurrent_batches:
+                await asyncio.sleep(0.002)  # while a batch slot frees up, the queue keeps filling
+            batch, self._queue = self._queue[:self.max_batch_size], self._queue[self.max_batch_size:]
+            if self._queue:
+                self._wakeup.set()
+            self._batches_in_flight += 1
+            asyncio.get_running_loop().create_task(self._run_batch(batch))
+
+    async def _run_batch(self, batch: list[_Open]) -> None:
+        try:
+            self.batches += 1
+            t0 = time.perf_counter()
+            for q in batch:
+                q.dispatched = t0
+                q.batch_size = len(batch)
+            # one round per attempt: experts that fail to load get substitutes and run again
+            todo = [(q, slot) for q in batch for slot in range(len(q.experts))]
+            running: list[asyncio.Future] = []
+            for q, slot in todo:
+                if not q.experts:
+                    self._finish_error(q, EngineError("no expert was recruited for this question"))
+            running += self._send(todo)
+            while running:
+                done, pending = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running = list(pending)
+                complete: list[_Open] = []
+                retry: list[tuple[_Open, int]] = []
+                for fut in done:
+                    expert, items, result = fut.result()
+                    self._collect(expert, items, result, complete, retry)
+                if complete:
+                    asyncio.get_running_loop().create_task(self._aggregate_and_answer(complete))
+                if retry:
+                    running += self._send(self._substitute(retry))
+        except Exception as exc:  # noqa: BLE001 - a scheduler bug must not leave a question hanging
+            log.exception("batch failed")
+            for q in batch:
+                self._finish_error(q, exc)
+        finally:
+            self._batches_in_flight -= 1
+
+    def _send(self, slots: Sequence[tuple[_Open, int]]) -> list[asyncio.Future]:
+        by_sampling: dict[SamplingSettings, dict[str, list[Item]]] = {}
+        for q, slot in slots:
+            if q.future.done():
+                continue
+            jobs = by_sampling.setdefault(q.work.sampling, {})
+            jobs.setdefault(q.experts[slot], []).append(((q.id, slot), q.work.request))
+        futures: list[asyncio.Future] = []
+        for sampling, items in by_sampling.items():
+            futures += self._dispatch(items, sampling)
+        return futures
+
+    def _collect(self, expert: str, items: list[Item], result: Any, complete: list[_Open],
+                 retry: list[tuple[_Open, int]]) -> None:
+        if isinstance(result, BaseException):
+            err = user_error(result) or EngineError(f"a worker running expert {expert} failed "
+                                                      f"({type(result).__name__}); the request was not answered")
+            for (qid, _), _ in items:
+                if qid in self._by_id:
+                    self._finish_error(self._by_id[qid], err)
+            return
+        texts, errors = result["texts"], result.get("errors", {})
+        for key, _ in items:
+            qid, slot = key
+            q = self._by_id.get(qid)
+            if q is None or q.future.done():
+                continue
+            if key in errors:
+                self._finish_error(q, EngineError(errors[key]))
+            elif key in texts:
+                task = get_task(q.work.question.task)
+                q.answers[slot] = ExpertAnswer(expert, texts[key], task.extract(texts[key]))
+                if len(q.answers) == len(q.experts):
+                    complete.append(q)
+            else:  # the expert failed to load
+                retry.append((q, slot))
+
+    def _substitute(self, slots: Sequence[tuple[_Open, int]]) -> list[tuple[_Open, int]]:
+        """Each unanswered slot goes to the best-ranked healthy expert its question does not have yet."""
+        out = []
+        for q, slot in slots:
+            q.attempts += 1
+            healthy = [e for e in q.work.ranking if e not in self.unhealthy]
+            if not healthy or q.attempts > self.attempts * len(q.experts):
+                self._finish_error(q, EngineError(f"experts kept failing to load: {describe_unhealthy(self.unhealthy)}"))
+                continue
+            q.experts[slot] = next((h for h in healthy if h not in q.experts), healthy[0])
+            out.append((q, slot))
+        return out
+
+    def _finish_error(self, q: _Open, exc: BaseException) -> None:
+        if not q.future.done():
+            q.future.set_exception(exc)
+
+    async def _aggregate_and_answer(self, questions: list[_Open]) -> None:
+        t0 = time.perf_counter()
+        by_task: dict[str, list[_Open]] = {}
+        for q in questions:
+            if not q.future.done():
+                by_task.setdefault(q.work.question.task, []).append(q)
+        for task_name, qs in by_task.items():
+            answers = [[q.answers[s] for s in range(len(q.experts))] for q in qs]
+            merged = await self.aggregate(task_name, [q.work.question for q in qs], answers, qs[0].work.seed,
+                                          [q.work.ranking for q in qs])
+            t1 = time.perf_counter()
+            for q, ans, (answer, response, who) in zip(qs, answers, merged):
+                if q.future.done():
+                    continue
+                self.usage.update(q.experts)
+                self.served += 1
+                q.future.set_result({
+                    "answer": answer, "response": response, "experts": list(q.experts),
+                    "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in ans],
+                    "aggregator": who, "task": task_name,
+                    "timings": {"queue": q.dispatched - q.admitted, "experts": t0 - q.dispatched,
+                                "aggregate": t1 - t0, "batch_size": float(q.batch_size)},
+                })
+
+    async def aggregate(self, task_name: str, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
+                        seed: int, rankings: Sequence[Sequence[str]] | None = None) -> list[tuple[str | None, str, str]]:
+        """The task's aggregator actor merges the answers; if it fails, a vote of the experts does."""
+        actor = self.aggregators.get(task_name)
+        if actor is not None:
+            try:
+                return await asyncio.wait_for(actor.aggregate.remote(task_name, list(questions),
+                                                                     [list(a) for a in answers], seed),
+                                              timeout=self.aggregate_timeout_s)
+            except Exception as exc:  # noqa: BLE001 - actor died, timed out or raised: the experts' answers stand
+                why = f"aggregator {self.aggregator_names.get(task_name, '?')} failed"
+                log.warning("%s (%s); falling back to a vote of the experts", why, type(exc).__name__)
+        else:
+            why = "no aggregator actor"
+        task = get_task(task_name)
+        out = []
+        for i, ans in enumerate(answers):
+            rank = {e: r for r, e in enumerate((rankings[i] if rankings else []))}
+            pred = weighted_vote([a.pred for a in ans], [1.0] * len(ans), [rank.get(a.expert, len(rank)) for a in ans],
+                                 task)
+            response = next((a.response for a in ans if a.pred is not None and pred is not None
+                             and task.same_answer(a.pred, pred)), ans[0].response if ans else "")
+            out.append((pred, response, f"vote (fallback: {why})"))
+        return out
+
+    # ------------------------------------------------------------------ views
+
+    def predicted_counts(self) -> dict[int, tuple[int, int]]:
+        """Per worker, (loads, wakes) the planner predicted for every job sent so far."""
+        return {wid: (v.predicted_loads, v.predicted_wakes) for wid, v in self.views.items()}
+
+
+def limits_from(traits: Mapping[str, Mapping[str, Any]], capacity: int, host_budget_gb: float | None,
+                prefetch: bool, release_after: bool = False) -> Limits:
+    return Limits(max(1, capacity), host_budget_gb, {n: ModelTraits(**t) for n, t in traits.items()}, prefetch,
+                  release_after)
+
+
+class RayExecutor:
+    """The executor protocol over a :class:`Scheduler` for synchronous callers (benchmarks, tests).
+
+    The scheduler's event loop runs on a thread of its own, so ``run`` can be
+    called from plain code.
+    """
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="scheduler-loop", daemon=True)
+        self._thread.start()
+
+    @property
+    def unhealthy(self) -> dict[str, str]:
+        return self.scheduler.unhealthy
+
+    @property
+    def expert_names(self) -> list[str]:
+        return self.scheduler.expert_names
+
+    @property
+    def last_assignment(self) -> Assignment | None:
+        return self.scheduler.last_assignment
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
+        return self.call(self.scheduler.run_plan(plan, sampling))
+
+    def engine(self, name: str) -> Any:
+        raise EngineError("models live on the worker actors; there is no local engine in a served deployment")
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)

@@ -1,0 +1,136 @@
+"""The scheduler as a one-replica Ray Serve deployment.
+
+Serve's controller owns this replica, not any ingress replica, so losing an
+ingress replica touches no model. The workers and aggregators it starts are
+named and detached: if this replica itself is restarted, the new one attaches
+to them by name, asks each worker what it holds, and plans on that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, Sequence
+
+from ray import serve
+
+from ..engines.base import SamplingSettings
+from ..execution import ExpertPlan
+from ..solution import ExpertAnswer
+from ..pool import pool_experts, pool_fingerprint
+from ..profiles import Profiles
+from ..aggregators import log_odds_weights
+from ..tasks import Question
+from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
+from .builders import AppSpec
+from .scheduler import Scheduler, Work, limits_from
+
+log = logging.getLogger(__name__)
+
+#: the Ray namespace of the pool's named actors (a fixed one, so a restarted scheduler finds them)
+POOL_NAMESPACE = "skillmoe"
+
+
+def pool_name(spec: AppSpec, app_name: str) -> str:
+    """Actor names for this pool: the app, and a digest of what the pool is, so a changed config starts afresh."""
+    cfg = spec.cfg
+    experts = pool_experts(cfg, spec.recorded_dir)
+    what = json.dumps({"pool": pool_fingerprint(experts), "serving": cfg.serving.model_dump(),
+                       "aggregation": cfg.aggregation.model_dump()}, sort_keys=True, default=str)
+    return f"skillmoe:{app_name}:{cfg.name}:{hashlib.sha256(what.encode()).hexdigest()[:10]}"
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+class SkillMoEScheduler:
+    def __init__(self, spec: AppSpec):
+        import ray
+
+        cfg = spec.cfg
+        sv, agg = cfg.serving, cfg.aggregation
+        experts = pool_experts(cfg, spec.recorded_dir)
+        data_dir = str(cfg.benchmarks_dir()) if cfg.benchmarks_dir() else None
+        try:
+            app_name = serve.get_replica_context().app_name
+        except Exception:  # noqa: BLE001 - outside a replica (tests build it directly)
+            app_name = "skillmoe"
+        name = pool_name(spec, app_name)
+        namespace = POOL_NAMESPACE
+        self.workers, self.pg, attached = start_workers(
+            experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, data_dir, sv.models_per_worker,
+            host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch, name=name, namespace=namespace)
+        traits = ray.get(self.workers[0].traits.remote())
+        states = ray.get([w.state.remote() for w in self.workers])
+
+        profiles = {t: Profiles.from_json(p) for t, p in spec.profiles.items()}
+        self.rankings = {t: p.ranking() for t, p in profiles.items()}
+        # one aggregator actor per distinct aggregator: a task's own model, or the vote
+        groups: dict[str, list[str]] = {}
+        agg_names: dict[str, str] = {}
+        for t, p in profiles.items():
+            who = (agg.aggregator or p.aggregator.get("name")) if agg.mode == "llm" else agg.mode
+            agg_names[t] = who
+            groups.setdefault(who, []).append(t)
+        by_name = {e.name: e for e in experts}
+        self.aggregators: dict[str, Any] = {}
+        actors = []
+        self.aggregator_actor_names: dict[str, str] = {}
+        for who, tasks in groups.items():
+            actor, found = start_aggregator(
+                agg.mode, {t: self.rankings[t] for t in tasks},
+                {t: log_odds_weights(profiles[t].accuracy) for t in tasks},
+                by_name[who] if agg.mode == "llm" else None, data_dir, sv.aggregator_gpus, agg.max_tokens,
+                name=f"{name}:aggregator:{who}", namespace=namespace)
+            attached += found
+            actors.append(actor)
+            for t in tasks:
+                self.aggregators[t] = actor
+                self.aggregator_actor_names[t] = f"{name}:aggregator:{who}"
+        self._actors = actors
+        self.core = Scheduler(
+            self.workers, limits_from(traits, sv.models_per_worker, sv.host_budget_gb, sv.prefetch),
+            cost_model_for(experts), self.aggregators, agg_names, sv.batch_window_s, sv.max_batch_size,
+            sv.max_concurrent_batches, sv.max_pending, aggregate_timeout_s=sv.request_timeout_s)
+        self.core.adopt(states)
+        self.attached = attached
+        log.info("scheduler for %s: %d workers, %d aggregator actor(s), %d attached to from before",
+                 cfg.name, len(self.workers), len(actors), attached)
+
+    async def solve(self, work: Work) -> dict[str, Any]:
+        return await self.core.solve(work)
+
+    async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
+        return await self.core.run_plan(plan, sampling)
+
+    async def aggregate(self, task: str, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
+                        seed: int) -> list[tuple[str | None, str, str]]:
+        return await self.core.aggregate(task, questions, answers, seed, [self.rankings.get(task, [])] * len(answers))
+
+    async def unhealthy(self) -> dict[str, str]:
+        return dict(self.core.unhealthy)
+
+    async def pool(self) -> dict[str, Any]:
+        import asyncio
+
+        infos = await asyncio.gather(*[w.info.remote() for w in self.workers], return_exceptions=True)
+        workers = [i if isinstance(i, dict) else {"wid": n, "status": f"unavailable ({type(i).__name__})"}
+                   for n, i in enumerate(infos)]
+        aggs = {}
+        for task, actor in self.aggregators.items():
+            try:
+                aggs[task] = {**await asyncio.wait_for(actor.info.remote(), timeout=10),
+                              "actor_name": self.aggregator_actor_names[task], "namespace": POOL_NAMESPACE}
+            except Exception as exc:  # noqa: BLE001 - dead or unreachable: say so, the pool view must answer
+                aggs[task] = {"name": self.core.aggregator_names.get(task), "status":
+                              f"unavailable ({type(exc).__name__}); answers fall back to a vote"}
+        return {"workers": workers, "aggregators": aggs, "usage": dict(self.core.usage),
+                "unhealthy": dict(self.core.unhealthy), "served": self.core.served, "batches": self.core.batches,
+                "pending": self.core.pending, "predicted": self.core.predicted_counts()}
+
+    def __del__(self) -> None:
+        """Serve calls this when the application is deleted on purpose: then the pool goes with it."""
+        try:
+            stop_actors(list(getattr(self, "workers", [])) + list(getattr(self, "_actors", [])),
+                        getattr(self, "pg", None))
+        except Exception:  # noqa: BLE001 - interpreter shutting down
+            pass

@@ -1,0 +1,245 @@
+"""The scheduler on real Ray actors: its predictions hold, answers leave early, replicas come and go.
+
+Worker actors are real; engines are simulated (a cost model on a virtual or
+real clock) or the recorded pool.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import RECORDED_CONFIG, deploy
+from httpclient import get, post
+
+from skillmoe_ray.config import ExpertConfig
+from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+from skillmoe_ray.scheduling.planner import CostModel
+
+pytestmark = pytest.mark.slow
+
+
+def sim_expert(name: str, size_gb: float, **args) -> ExpertConfig:
+    return ExpertConfig(name=name, model=f"sim:{name}", engine="simulated", size_gb=size_gb,
+                        engine_args={"out_tokens": 1, "step_fixed_s": 0.001, "step_per_seq_s": 0.0, **args})
+
+
+def random_plan(rng: random.Random, names: list[str], tag: int) -> dict:
+    experts = rng.sample(names, rng.randint(1, len(names)))
+    plan = {}
+    for j, e in enumerate(experts):
+        plan[e] = [(q, j, GenerationRequest.user(f"q{tag}-{q}", key=f"GPQA/test/{q}")) for q in range(rng.randint(1, 4))]
+    return plan
+
+
+def test_planner_predicts_what_the_workers_do(ray_cluster):
+    """Random pools, plans, device capacities, host budgets and prefetch: predicted loads and wakes are exact."""
+    import asyncio
+
+    import ray
+
+    from skillmoe_ray.serving.actors import start_workers, stop_actors
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
+
+    rng = random.Random(11)
+    for trial in range(4):
+        names = [f"m{i}" for i in range(rng.randint(3, 6))]
+        experts = [sim_expert(n, rng.choice([1.0, 2.0, 3.0])) for n in names]
+        w = rng.randint(1, 3)
+        capacity = rng.randint(1, 3)
+        budget = rng.choice([None, 0.0, 2.0, 4.0])
+        prefetch = rng.random() < 0.5
+        workers, pg, _ = start_workers(experts, w, cpus_per_worker=0.25, capacity=capacity, host_budget_gb=budget,
+                                       prefetch=prefetch)
+        ex = None
+        try:
+            limits = limits_from(ray.get(workers[0].traits.remote()), capacity, budget, prefetch)
+            cost = CostModel(load_s={n: 2.0 * e.size_gb for n, e in zip(names, experts)}, default_per_prompt_s=0.5)
+            ex = RayExecutor(Scheduler(workers, limits, cost))
+            for step in range(5):
+                if step % 2:  # two batches planned while the first is still queued on the workers
+                    plans = [random_plan(rng, names, 10 * step + i) for i in range(2)]
+
+                    async def both(ps=plans):
+                        return await asyncio.gather(*[ex.scheduler.run_plan(p, SamplingSettings()) for p in ps])
+
+                    outs = ex.call(both())
+                    assert [len(o) for o in outs] == [sum(len(v) for v in p.values()) for p in plans]
+                else:
+                    plan = random_plan(rng, names, 10 * step)
+                    assert len(ex.run(plan, SamplingSettings())) == sum(len(v) for v in plan.values())
+            infos = ray.get([h.info.remote() for h in workers])
+            actual = {i["wid"]: (i["loads"], i["wakes"]) for i in infos}
+            setting = dict(trial=trial, workers=w, capacity=capacity, host_budget_gb=budget, prefetch=prefetch)
+            assert actual == ex.scheduler.predicted_counts(), setting
+        finally:
+            if ex is not None:
+                ex.close()
+            stop_actors(workers, pg)
+
+
+def test_a_question_with_resident_experts_returns_before_a_slow_one_of_the_same_batch(ray_cluster):
+    """Real sleeps: one question's experts are resident, the other's must be loaded (2 s)."""
+    import asyncio
+
+    import ray
+
+    from skillmoe_ray.serving.actors import start_aggregator, start_workers, stop_actors
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, Work, limits_from
+    from skillmoe_ray.tasks import Question, load_questions
+
+    real = {"clock": "real", "time_scale": 1.0, "load_fixed_s": 2.0, "load_gbps": 1e9, "out_tokens": 1}
+    experts = [sim_expert("fast", 1.0, **real), sim_expert("slow", 1.0, **real)]
+    workers, pg, _ = start_workers(experts, 1, cpus_per_worker=0.25, capacity=2)
+    agg, _ = start_aggregator("vote", {"GPQA": ["fast", "slow"]}, {}, None, None)
+    ex = None
+    try:
+        limits = limits_from(ray.get(workers[0].traits.remote()), 2, None, False)
+        cost = CostModel(load_s={"fast": 2.0, "slow": 2.0}, default_per_prompt_s=0.01)
+        sched = Scheduler(workers, limits, cost, {"GPQA": agg}, {"GPQA": "vote"}, batch_window_s=0.3)
+        ex = RayExecutor(sched)
+        warm = {"fast": [(0, 0, GenerationRequest.user("warm", key="GPQA/test/0"))]}
+        ex.run(warm, SamplingSettings())  # "fast" is now resident on the worker
+        qs = load_questions("GPQA", "test")[:2]
+
+        def work(q, expert):
+            question = Question("GPQA", "request", q.index, q.text)
+            req = GenerationRequest.user(q.text, key=q.qid, question=q.text)
+            return Work(question, [expert] * 3, req, SamplingSettings(seed=0), 0, ["fast", "slow"])
+
+        async def race():
+            t0 = time.perf_counter()
+            done: dict[str, float] = {}
+
+            async def one(name, w):
+                r = await sched.solve(w)
+                done[name] = time.perf_counter() - t0
+                return r
+
+            results = await asyncio.gather(one("slow", work(qs[0], "slow")), one("fast", work(qs[1], "fast")))
+            return results, done
+
+        (slow_r, fast_r), done = ex.call(race())
+        # both in one micro-batch, and the slow one's load came after the fast one's answers
+        assert slow_r["timings"]["batch_size"] == fast_r["timings"]["batch_size"] == 2.0
+        assert fast_r["experts"] == ["fast"] * 3 and slow_r["experts"] == ["slow"] * 3
+        assert done["fast"] < 1.0 and done["slow"] >= 2.0, done
+        assert fast_r["aggregator"] == "vote"
+    finally:
+        if ex is not None:
+            ex.close()
+        stop_actors(workers + [agg], pg)
+
+
+def _replicas(app: str, deployment: str) -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#"))
+
+
+def _pool_pids(url: str) -> tuple[dict, dict]:
+    status, pool = get(f"{url}/v1/pool")
+    assert status == 200, pool
+    workers = {w["wid"]: (w["pid"], w["loads"]) for w in pool["workers"]}
+    aggs = {t: (a["pid"], a["loads"]) for t, a in pool["aggregators"].items()}
+    return workers, aggs
+
+
+def test_losing_an_ingress_replica_under_load_keeps_the_pool(served_recorded, state_dir):
+    """2 ingress replicas, 500 requests from 32 clients, one replica killed mid-way."""
+    import ray
+    from ray import serve
+
+    from skillmoe_ray.tasks import load_questions
+
+    deploy(RECORDED_CONFIG, "two", state_dir,
+           ingress_replicas=2, workers=2, cpus_per_worker=0.25)
+    url = served_recorded + "/two"
+    try:
+        assert len(_replicas("two", "SkillMoEIngress")) == 2
+        texts = [q.text for q in load_questions("MMLU_Pro", "test")]
+        # warm: every recording loaded on every worker, so load counts can only change if a worker restarts
+        with ThreadPoolExecutor(32) as pool:
+            warm = list(pool.map(lambda t: post(f"{url}/v1/solve", {"question": t}, timeout=60)[0], texts[:200]))
+        assert warm == [200] * 200
+        before = _pool_pids(url)
+
+        results: list[tuple[int, float]] = []
+        killed_at: list[float] = []
+
+        def client(i: int) -> tuple[int, float]:
+            t0 = time.perf_counter()
+            try:
+                status, _ = post(f"{url}/v1/solve", {"question": texts[200 + i]}, timeout=60)
+            except Exception:  # noqa: BLE001 - a dropped connection counts as a failed request
+                status = 599
+            return status, time.perf_counter() - t0
+
+        def killer() -> None:
+            while len(results) < 150:
+                time.sleep(0.01)
+            victim = _replicas("two", "SkillMoEIngress")[0]
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=False)
+            killed_at.append(time.perf_counter())
+
+        with ThreadPoolExecutor(33) as pool:
+            k = pool.submit(killer)
+            for r in pool.map(client, range(500)):
+                results.append(r)
+            k.result(timeout=120)
+        statuses = [s for s, _ in results]
+        assert len(statuses) == 500 and max(t for _, t in results) < 60  # nothing hung
+        failed = [s for s in statuses if s != 200]
+        assert all(s >= 500 for s in failed), failed  # the killed replica's requests fail as 5xx, nothing else
+        assert len(failed) <= 32, f"{len(failed)} failures: more than the requests one replica can hold"
+        # every worker and aggregator is the same process, with the same models loaded
+        deadline = time.time() + 60
+        while time.time() < deadline and len(_replicas("two", "SkillMoEIngress")) < 2:
+            time.sleep(0.5)
+        after = _pool_pids(url)
+        assert after == before
+        with ThreadPoolExecutor(16) as pool:
+            later = list(pool.map(lambda t: post(f"{url}/v1/solve", {"question": t}, timeout=60)[0], texts[700:764]))
+        assert later == [200] * 64
+        print(f"\n500 requests, one of 2 ingress replicas killed after 150: {len(failed)} failed (5xx), "
+              f"{statuses.count(200)} answered")
+    finally:
+        serve.delete("two")
+
+
+def test_a_restarted_scheduler_attaches_to_the_same_workers(served_recorded, state_dir):
+    import ray
+    from ray import serve
+
+    from skillmoe_ray.tasks import load_questions
+
+    deploy(RECORDED_CONFIG, "again", state_dir, workers=1, cpus_per_worker=0.25)
+    url = served_recorded + "/again"
+    try:
+        texts = [q.text for q in load_questions("MMLU_Pro", "test")[:40]]
+        assert all(post(f"{url}/v1/solve", {"question": t})[0] == 200 for t in texts[:20])
+        before = _pool_pids(url)
+        [victim] = _replicas("again", "SkillMoEScheduler")
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=False)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                status, _ = post(f"{url}/v1/solve", {"question": texts[20]}, timeout=30)
+                if status == 200:
+                    break
+            except Exception:  # noqa: BLE001 - the proxy may drop connections while the replica restarts
+                pass
+            time.sleep(0.5)
+        assert _replicas("again", "SkillMoEScheduler") != [victim]
+        assert all(post(f"{url}/v1/solve", {"question": t})[0] == 200 for t in texts[21:])
+        assert _pool_pids(url) == before  # the same worker and aggregator processes, nothing reloaded
+    finally:
+        serve.delete("again")
+    # deleting the application on purpose takes its pool with it
+    deadline = time.time() + 30
+    while time.time() < deadline and any(":again:" in a["name"] for a in ray.util.list_named_actors(True)):
+        time.sleep(0.5)
+    assert not any(":again:" in a["name"] for a in ray.util.list_named_actors(True))
