@@ -102,6 +102,23 @@ class VoteAggregator(Aggregator):
         return out
 
 
+class OrderedVoteAggregator(VoteAggregator):
+    """Majority vote; ties go to the answer of the expert asked first (the router's per-question order).
+
+    The budget router's (:class:`.routers.BudgetRouter`) partner: its stopping
+    rule assumes this tie-break. Not a deployment ``aggregation.mode``, so it
+    is not registered; ``skillmoe evaluate`` pairs it with the budget cascades.
+    """
+
+    name = "ordered_vote"
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def _rank(self, answers: Sequence[ExpertAnswer]) -> list[int]:
+        return list(range(len(answers)))
+
+
 @register_aggregator("weighted_vote")
 class WeightedVoteAggregator(VoteAggregator):
     """Votes weighted per expert; from profiles: validation log-odds, log(acc / (1 - acc)) shifted positive."""

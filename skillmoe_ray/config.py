@@ -77,14 +77,22 @@ class SkillsConfig(_Strict):
 class RoutingConfig(_Strict):
     #: paper: the reference's recruitment; top_weight: its weights, top-k without sampling;
     #: calibrated: shrunk per-skill accuracy; cascade: top-k by validation rank, asked
-    #: in order until the vote is settled; fixed: the top-k by validation rank
-    strategy: Literal["paper", "top_weight", "calibrated", "cascade", "fixed"] = "paper"
+    #: in order until the vote is settled; fixed: the top-k by validation rank;
+    #: budget: experts most likely right on the question's skills first, asked until
+    #: two agree or the budget (max_calls, max_size_gb) is spent
+    strategy: Literal["paper", "top_weight", "calibrated", "cascade", "fixed", "budget"] = "paper"
     k: int = Field(default=3, ge=1)
     #: temperature of the global strength gamma (paper: 0.5)
     temperature: float = Field(default=0.5, gt=0)
     #: experts recruited for less than this share of a batch are replaced (paper: 5%)
     usage_floor: float = Field(default=0.05, ge=0, lt=1)
     seed: int = 0
+    #: budget: at most this many expert calls per question
+    max_calls: int = Field(default=5, ge=1)
+    #: budget: at most this summed expert size (GB) per question; unset: no size budget
+    max_size_gb: float | None = Field(default=None, gt=0)
+    #: budget: order experts by estimated accuracy / size ** size_weight (0: by accuracy alone)
+    size_weight: float = Field(default=0.0, ge=0)
 
 
 class AggregationConfig(_Strict):

@@ -15,10 +15,11 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from .aggregators import AGGREGATORS, Aggregator
+from .aggregators import AGGREGATORS, Aggregator, OrderedVoteAggregator
+from .budget import expert_sizes
 from .pipeline import Pipeline
 from .profiles import Profiles
-from .routers import ROUTERS, FixedRouter, RandomRouter, Router
+from .routers import ROUTERS, BudgetRouter, FixedRouter, RandomRouter, Router
 from .runtime import Runtime
 from .tasks import Question, Task
 
@@ -76,11 +77,43 @@ def own_methods(rt: Runtime, prof: Profiles) -> list[Method]:
     vote = build.aggregator("vote")
     k = min(5, len(prof.ranking()))
     cfg = rt.cfg.routing
-    return [
+    methods = [
         Method(f"cascade_top{k}_vote", build.router("cascade", k=k), vote),
         Method(f"skillmoe_top{cfg.k}_vote", build.router("top_weight"), vote),
         Method(f"calibrated_top{k}_vote", build.router("calibrated", k=k), vote),
     ]
+    return methods + budget_methods(rt, prof)
+
+
+def budget_methods(rt: Runtime, prof: Profiles, max_calls: Sequence[int] | None = None,
+                   size_weights: Sequence[float] = (1.0,)) -> list[Method]:
+    """Cost-aware cascades (budget.py): ask until two agree, at most ``max_calls`` experts.
+
+    By default the budgets 3, 4 and ``routing.max_calls``, the per-skill order's
+    prior strength chosen by CV on the validation split; at the largest budget
+    also the plain validation-rank order (ablation) and the cost-weighted order
+    (estimate / size ** w) when the pool's sizes are known (config ``size_gb``,
+    else parsed from model names).
+    """
+    cfg = rt.cfg.routing
+    n = len(prof.experts)
+    budgets = sorted({min(b, n) for b in (max_calls or (3, 4, cfg.max_calls))})
+    build = _Builders(rt, prof)
+    ordered = OrderedVoteAggregator()
+    # the deployment's router (strategy: budget) at each budget, on this config's other knobs
+    plain = {"size_weight": 0.0, "max_size_gb": None}
+    methods = [Method(f"budget_max{b}_vote", build.router("budget", max_calls=b, **plain), ordered) for b in budgets]
+    top = budgets[-1]
+    # ablation: the same cascade in plain validation-rank order (no per-skill estimates)
+    methods.append(Method(f"budget_rank_max{top}_vote",
+                          BudgetRouter(prof, top, prior_strength=None, name=f"budget_rank_max{top}"), ordered))
+    configured = {e.name: e.size_gb for e in rt.experts}
+    if expert_sizes(prof.experts, configured):
+        for w in size_weights:
+            routing = cfg.model_copy(update={"max_calls": top, "size_weight": w, "max_size_gb": None})
+            methods.append(Method(f"budget_sized{w:g}_max{top}_vote",
+                                  BudgetRouter.from_config(routing, prof, sizes_gb=configured), ordered))
+    return methods
 
 
 def run_method(method: Method, pipeline_for: Callable[[Method], Pipeline], questions: Sequence[Question],

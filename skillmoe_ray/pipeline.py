@@ -15,7 +15,6 @@ import time
 from collections import defaultdict
 from typing import Sequence
 
-from .aggregation import vote_settled
 from .aggregators import Aggregator
 from .engines.base import GenerationRequest, SamplingSettings
 from .errors import EngineError
@@ -150,13 +149,15 @@ class Pipeline:
 
     def _run_cascade(self, selections: list[list[str]], requests: Sequence[GenerationRequest],
                      sampling: SamplingSettings) -> list[list[ExpertAnswer]]:
-        """Ask each question's experts in order, in expert-grouped rounds, until its vote is settled.
+        """Ask each question's experts in order, in expert-grouped rounds, until the router says it is settled.
 
         The votes' tie-break rank is the slot order (the router's order). A slot
         whose expert failed to load is given a healthy substitute and asked again.
         """
         answers: list[list[ExpertAnswer]] = [[] for _ in selections]
-        first = [min(len(sel), (len(sel) + 1) // 2) for sel in selections]
+        # the router may cap how many are asked at once (never more than half) and says when to stop
+        cap = self.router.first_round
+        first = [min(len(sel), (len(sel) + 1) // 2, len(sel) if cap is None else cap) for sel in selections]
         open_q = [qi for qi, sel in enumerate(selections) if sel]
         budget = 3 * max((len(sel) for sel in selections), default=0) + 3
         while open_q and budget:
@@ -180,8 +181,8 @@ class Pipeline:
                     answers[qi].append(ExpertAnswer(e, texts[(qi, slot)], self.task.extract(texts[(qi, slot)])))
                 remaining = len(selections[qi]) - len(answers[qi])
                 asked = len(answers[qi]) >= first[qi]
-                if remaining and (not asked or not vote_settled([a.pred for a in answers[qi]],
-                                                                list(range(len(answers[qi]))), remaining, self.task)):
+                if remaining and (not asked or not self.router.settled(
+                        [a.pred for a in answers[qi]], [a.expert for a in answers[qi]], remaining, self.task)):
                     still_open.append(qi)
             open_q = still_open
         if open_q:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
 
+from .aggregation import vote_settled
+from .budget import agreement_settled, apply_budget, choose_prior_strength, expert_sizes, order_experts, shrunk_accuracy
 from .errors import ConfigError
 from .profiles import Profiles
 from .recruitment import route_calibrated, route_fixed, route_paper, route_random, route_top_by_weight, skill_accuracy
-from .tasks import Question
+from .tasks import Question, Task
 
 if TYPE_CHECKING:
     from .config import RoutingConfig
@@ -34,10 +36,22 @@ class Router(ABC):
     ranking: list[str]
     #: the ``routing.strategy`` this class is registered under (set by :func:`register_router`)
     strategy: str | None = None
+    #: cascade: at most this many of a question's experts are asked in the first round
+    #: (never more than half of them); None: half, rounded up
+    first_round: int | None = None
 
     @abstractmethod
     def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
         """The experts of each question, one list per question."""
+
+    def settled(self, preds: Sequence[str | None], asked_experts: Sequence[str], remaining: int, task: Task | None) -> bool:
+        """Cascade: whether a question can stop, given its answers so far in the order asked.
+
+        ``remaining``: how many of its experts are not asked yet. By default it
+        stops once no remaining vote can change the majority, ties going to the
+        expert asked first (:func:`.aggregation.vote_settled`).
+        """
+        return vote_settled(preds, list(range(len(preds))), remaining, task)
 
     @classmethod
     def from_config(cls, routing: RoutingConfig, profiles: Profiles) -> Router:
@@ -199,3 +213,82 @@ class CalibratedRouter(Router):
 
     def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
         return route_calibrated(self.counts, self.accuracy, skills, self.ranking, self.k, self.prior_strength)
+
+
+@register_router("budget")
+class BudgetRouter(Router):
+    """Cost-aware recruitment: experts most likely right first, asked until two agree or the budget is spent.
+
+    A cascade router: :meth:`route` returns each question's experts in the
+    order to ask them, already cut to the budget (``max_calls`` experts,
+    ``max_size_gb`` summed size); the pipeline asks ``first_round`` of them at
+    once, then one per round, and stops a question as soon as :meth:`settled`
+    says so. The order is by per-skill validation accuracy shrunk toward
+    overall accuracy (see :mod:`.budget`); by default the prior strength is
+    chosen by cross-validation on the validation split. With ``size_weight``
+    > 0 the order is cost-weighted: estimate / size ** w. Pair it with
+    :class:`.aggregators.OrderedVoteAggregator` so vote ties go to the expert
+    asked first, as the stopping rule assumes.
+    """
+
+    cascade = True
+
+    def __init__(
+        self,
+        profiles: Profiles,
+        max_calls: int | None = 5,
+        prior_strength: float | None | str = "cv",
+        quorum: int = 2,
+        sizes: dict[str, float] | None = None,
+        size_weight: float = 0.0,
+        max_size_gb: float | None = None,
+        name: str | None = None,
+    ):
+        self.ranking = profiles.ranking()
+        self.accuracy = dict(profiles.accuracy)
+        self.counts = skill_accuracy(profiles.question_skills, profiles.correct)
+        self.max_calls = max_calls
+        self.quorum = quorum
+        self.sizes = dict(sizes) if sizes else None
+        self.size_weight = size_weight
+        self.max_size_gb = max_size_gb
+        #: answers asked at once in the first round (the pipeline never asks more than half a question's
+        #: experts at once): no question can stop before ``quorum`` answers unless its budget is that small
+        self.first_round = quorum
+        self.cv: list = []
+        if prior_strength == "cv":
+            prior_strength, self.cv = choose_prior_strength(
+                profiles.question_skills, profiles.correct, profiles.preds, max_calls=max_calls or len(self.ranking),
+                quorum=quorum)
+        self.prior_strength = prior_strength
+        self.name = name or f"budget_max{max_calls}"
+
+    @classmethod
+    def from_config(cls, routing: RoutingConfig, profiles: Profiles,
+                    sizes_gb: Mapping[str, float | None] | None = None) -> Router:
+        """``routing.max_calls`` / ``max_size_gb`` / ``size_weight``; prior strength by CV on validation.
+
+        Sizes: ``sizes_gb`` (the pool config's ``size_gb`` per expert) where
+        given, else guessed from the model names (:func:`.budget.size_from_name`);
+        the registry passes none, so a deployment's router guesses them all.
+        """
+        sizes = expert_sizes(profiles.experts, sizes_gb or {})
+        if sizes is None and (routing.size_weight or routing.max_size_gb is not None):
+            raise ConfigError("routing.size_weight / max_size_gb need every expert's size, and some model names "
+                              "do not say it")
+        name = f"budget_sized{routing.size_weight:g}_max{routing.max_calls}" if routing.size_weight else None
+        return cls(profiles, routing.max_calls, quorum=2, sizes=sizes, size_weight=routing.size_weight,
+                   max_size_gb=routing.max_size_gb, name=name)
+
+    def order(self, skills: Sequence[str]) -> list[str]:
+        """One question's experts in the order to ask them, cut to the budget."""
+        est = shrunk_accuracy(self.counts, self.accuracy, skills, self.prior_strength)  # type: ignore[arg-type]
+        order = order_experts(est, self.ranking, self.sizes, self.size_weight)
+        return apply_budget(order, self.max_calls, self.sizes, self.max_size_gb)
+
+    def route(self, questions: Sequence[Question], skills: Sequence[Sequence[str]], seed: int) -> list[list[str]]:
+        return [self.order(sk) for sk in skills]
+
+    def settled(self, preds: Sequence[str | None], asked_experts: Sequence[str], remaining: int, task: Task | None) -> bool:
+        """Stop once an answer has ``quorum`` votes, the vote cannot change, or no expert is left."""
+        return agreement_settled(preds, remaining, self.quorum, task.same_answer if task is not None else None)
