@@ -69,3 +69,15 @@ def test_real_engines_pay_an_engine_start():
     experts = load_config(Path(__file__).resolve().parent.parent / "deployments" / "local-cpu.yaml").pool.experts
     cost = cost_model_for(experts + [ExpertConfig(name="rec", engine="recorded", model="x.jsonl")])
     assert all(15.0 < cost.load(e.name) < 20.0 for e in experts) and cost.load("rec") == 0.0
+
+
+def test_each_task_gets_its_own_aggregator_actor():
+    from skillmoe_ray.errors import ConfigError
+    from skillmoe_ray.serving.scheduler_deployment import aggregator_groups
+
+    chosen = {"GPQA": {"name": "qwen"}, "MedMCQA": {"name": "llama"}, "MMLU_Pro": {"name": "qwen"}}
+    assert aggregator_groups("llm", None, chosen) == {"qwen": ["GPQA", "MMLU_Pro"], "llama": ["MedMCQA"]}
+    assert aggregator_groups("llm", "phi", chosen) == {"phi": ["GPQA", "MedMCQA", "MMLU_Pro"]}
+    assert aggregator_groups("vote", None, chosen) == {"vote": ["GPQA", "MedMCQA", "MMLU_Pro"]}
+    with pytest.raises(ConfigError, match="GPQA"):
+        aggregator_groups("llm", None, {"GPQA": {"mode": "llm"}})

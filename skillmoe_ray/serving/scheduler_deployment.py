@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from ray import serve
 
 from ..engines.base import SamplingSettings
+from ..errors import ConfigError
 from ..execution import ExpertPlan
 from ..solution import ExpertAnswer
 from ..pool import pool_experts, pool_fingerprint
@@ -41,6 +42,19 @@ def pool_name(spec: AppSpec, app_name: str) -> str:
     return f"skillmoe:{app_name}:{cfg.name}:{hashlib.sha256(what.encode()).hexdigest()[:10]}"
 
 
+def aggregator_groups(mode: str, fixed: str | None, chosen: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """One aggregator actor per distinct aggregator: each task's own chosen model (or the one the
+    config fixes for all), or the vote; aggregator name -> the tasks it serves."""
+    groups: dict[str, list[str]] = {}
+    for task, choice in chosen.items():
+        who = (fixed or choice.get("name") or "") if mode == "llm" else mode
+        if not who:
+            raise ConfigError(f"task {task}: no aggregator model was chosen; rebuild its profiles "
+                              "(skillmoe profile) or set aggregation.aggregator")
+        groups.setdefault(who, []).append(task)
+    return groups
+
+
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
 class SkillMoEScheduler:
     def __init__(self, spec: AppSpec):
@@ -64,13 +78,8 @@ class SkillMoEScheduler:
 
         profiles = {t: Profiles.from_json(p) for t, p in spec.profiles.items()}
         self.rankings = {t: p.ranking() for t, p in profiles.items()}
-        # one aggregator actor per distinct aggregator: a task's own model, or the vote
-        groups: dict[str, list[str]] = {}
-        agg_names: dict[str, str] = {}
-        for t, p in profiles.items():
-            who = (agg.aggregator or p.aggregator.get("name")) if agg.mode == "llm" else agg.mode
-            agg_names[t] = who
-            groups.setdefault(who, []).append(t)
+        groups = aggregator_groups(agg.mode, agg.aggregator, {t: p.aggregator for t, p in profiles.items()})
+        agg_names = {t: who for who, tasks in groups.items() for t in tasks}
         by_name = {e.name: e for e in experts}
         self.aggregators: dict[str, Any] = {}
         actors = []
