@@ -110,6 +110,10 @@ class ServingConfig(_Strict):
     workers: int = Field(default=1, ge=1)
     gpus_per_worker: float = Field(default=0, ge=0)
     cpus_per_worker: float = Field(default=1, ge=0)
+    #: how the workers' placement group lays their bundles over the cluster's nodes (Ray's strategies):
+    #: PACK (as few nodes as fit, the default), SPREAD (across nodes where it can), STRICT_PACK (one node
+    #: or nothing), STRICT_SPREAD (one worker a node or nothing)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     #: swappable models a worker keeps loaded at once (its device budget, in models)
     models_per_worker: int = Field(default=1, ge=1)
     #: host memory (GB) a worker may fill with parked models, which come back with a wake

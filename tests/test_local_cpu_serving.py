@@ -55,5 +55,16 @@ def test_real_models_answer_end_to_end(served_recorded, state_dir, tmp_path):
         assert pool["aggregators"]["GPQA"]["model"] == "qwen2.5-coder-0.5b"
         print("\nanswer:", r["answer"], "| experts:", r["experts"], "| skills:", r["skills"],
               "| timings:", r["timings"])
+        assert r["usage"]["prompt_tokens"] > 0 and r["usage"]["completion_tokens"] > 0
+        # the same pool streamed to the official OpenAI client, usage included
+        import openai
+
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=900)
+        chunks = list(client.chat.completions.create(
+            model="skillmoe", stream=True, stream_options={"include_usage": True}, extra_body={"task": "GPQA"},
+            messages=[{"role": "user", "content": "Which is a prime number? The options are: (A) 21 (B) 27 (C) 29 (D) 33"}]))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text.strip() and chunks[0].choices[0].delta.role == "assistant"
+        assert chunks[-1].usage.completion_tokens > 0 and chunks[-1].choices == []
     finally:
         serve.delete("cpu")

@@ -8,11 +8,19 @@ vLLM instance be swapped under the same planner and worker code.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["expert", "keyword", "aggregator"]
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of a text with no tokenizer at hand: words and punctuation marks (close to BPE counts for English)."""
+    return len(_TOKEN.findall(text))
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class Engine(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self._loaded = False
+        #: (prompt, completion) tokens of each request of the last ``generate``, where the engine counts them
+        self._last_usage: list[tuple[int, int]] = []
 
     @property
     def loaded(self) -> bool:
@@ -111,6 +121,17 @@ class Engine(ABC):
 
     def resident_bytes(self) -> int:
         return 0
+
+    def usage(self, requests: list[GenerationRequest], texts: list[str]) -> list[tuple[int, int]]:
+        """(prompt, completion) tokens of the last ``generate`` call, one pair per request.
+
+        The engine's own counts where it has them (vLLM, transformers: its tokenizer; simulated: its
+        simulated lengths); otherwise (recordings) an estimate, words and punctuation marks.
+        """
+        if len(self._last_usage) == len(texts):
+            return list(self._last_usage)
+        return [(estimate_tokens(" ".join(m.get("content", "") for m in r.messages)), estimate_tokens(t))
+                for r, t in zip(requests, texts)]
 
     def ensure_loaded(self) -> None:
         if not self._loaded:

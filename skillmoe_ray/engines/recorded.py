@@ -107,9 +107,11 @@ class RecordedEngine(Engine):
             )
         if self._by_text is None:
             index: dict[str, tuple[str, int]] = {}
+            self._n_questions = 0
             for split in ("train", "test"):
                 for q in load_questions(self.task, split, self.data_dir):  # type: ignore[arg-type]
                     index.setdefault(q.text.strip(), (split, q.index))
+                    self._n_questions += 1
             self._by_text = index
         return self._by_text
 
@@ -123,9 +125,15 @@ class RecordedEngine(Engine):
             hit = self._text_index().get(req.question.strip())
             if hit:
                 return hit
+        if self.task:
+            self._text_index()
+            known = f"the {self._n_questions:,} {self.task.name} questions"
+        else:
+            known = "its recorded questions"
         raise EngineError(
-            f"recorded expert {self.name!r} replays {self.task.name if self.task else 'recorded'} questions "
-            f"only and has no recording for this one"
+            f"this pool replays recorded answers of real models to {known} (train and test splits) and has no "
+            f"recording for this question (expert {self.name!r}); ask one of those questions, or serve a pool "
+            "that answers anything: real models, e.g. `skillmoe serve --config deployments/local-cpu.yaml`"
         )
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:

@@ -332,7 +332,10 @@ class SimulatedEngine(Engine):
         consts = self.spec.constants
         prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
         self.clock.spend(consts.generate_s(len(requests), sampling.max_tokens, self.tp, prompt))
-        return [self._answer(r, sampling) for r in requests]
+        texts = [self._answer(r, sampling) for r in requests]
+        self._last_usage = [(int(self.prompt_tokens(r)), sum(int(m) for m in QUOTED_LENGTH.findall(t)))
+                            for r, t in zip(requests, texts)]
+        return texts
 
 
 def spec_from_args(size_gb: float | None, args: Mapping[str, object]) -> SimulatedSpec:

@@ -187,6 +187,10 @@ class TransformersEngine(Engine):
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        new = out[:, width:]
+        eos = self.tokenizer.eos_token_id
+        done = (new == pad) | (new == eos) if eos is not None else (new == pad)
+        self._last_usage = [(len(x), int((~done[i]).sum())) for i, x in enumerate(ids)]
         if not use_chat(self.tokenizer, fmt) and not template:
             texts = [_cut(t, PLAIN_STOP) for t in texts]
         return texts

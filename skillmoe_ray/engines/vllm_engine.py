@@ -423,4 +423,5 @@ class VLLMEngine(Engine):
         dt = time.perf_counter() - t0
         n_out = sum(len(o.outputs[0].token_ids) for o in outs)
         self.stats.update(generate_s=dt, generated_tokens=n_out, tokens_per_s=n_out / dt if dt > 0 else 0.0)
+        self._last_usage = [(len(o.prompt_token_ids or []), len(o.outputs[0].token_ids)) for o in outs]
         return [o.outputs[0].text for o in outs]

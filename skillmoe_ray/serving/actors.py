@@ -65,8 +65,13 @@ def start_workers(
     release_after: bool = False,
     name: str | None = None,
     namespace: str | None = None,
+    strategy: str = "PACK",
 ) -> tuple[list[Any], Any, int]:
     """Worker actors, one per bundle of a placement group, so each owns its GPU(s).
+
+    ``strategy`` is the placement group's (``serving.placement_strategy``): PACK puts the
+    bundles on as few nodes as fit, SPREAD over as many as it can, STRICT_PACK on one node
+    and STRICT_SPREAD on distinct nodes, or the group is not placed at all.
 
     With ``name``, the placement group and the actors are named and detached:
     ones that already exist under those names are attached to, not created.
@@ -86,7 +91,7 @@ def start_workers(
         except ValueError:
             pg = None
     if pg is None:
-        opts: dict[str, Any] = {"strategy": "PACK"}
+        opts: dict[str, Any] = {"strategy": strategy}
         if name:
             opts.update(name=f"{name}:workers", lifetime="detached")
         pg = placement_group([dict(bundle) for _ in range(n_workers)], **opts)
@@ -94,7 +99,7 @@ def start_workers(
         ray.get(pg.ready(), timeout=timeout_s)
     except Exception as exc:
         ray.util.remove_placement_group(pg)
-        raise EngineError(f"cannot place {n_workers} workers of {bundle} on this cluster "
+        raise EngineError(f"cannot place {n_workers} workers of {bundle} ({strategy}) on this cluster "
                           f"(available: {ray.available_resources()}): {exc}") from None
     remote = ray.remote(ExpertWorker)
     specs = [e.model_dump() for e in experts]

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from ..aggregators import Aggregator
@@ -31,13 +35,21 @@ from ..runtime import Runtime
 from ..routers import make_router
 from ..tasks import Question, Task, get_task
 from .builders import AppSpec
-from .http import HTTPError, check_access, error_response, read_api_key, read_json_body, user_error, validate
+from . import http
+from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate
 from .scheduler import Overloaded, Work
-from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_response
+from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_chunk, chat_response, usage_dict
 
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="skillmoe-ray", description="Skill-based mixture of LLM experts", version="0.1.0")
+http.install(api)
+
+#: the model id of the whole pool; each expert's name is a model id too
+POOL_MODEL = "skillmoe"
+STREAM_KEEPALIVE_S = 2.0
+STREAM_PIECE_CHARS = 64
+HEALTH_TIMEOUT_S = 5.0
 
 
 class SchedulerExecutor:
@@ -58,7 +70,8 @@ class SchedulerExecutor:
         return self._unhealthy
 
     def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
-        texts = self.handle.run_plan.remote(plan, sampling).result()
+        texts, usage = self.handle.run_plan.remote(plan, sampling, True).result()
+        UsageMeter.record(usage)
         self._checked = 0.0  # a load may have failed: look again next time
         return texts
 
@@ -76,6 +89,63 @@ class SchedulerAggregator(Aggregator):
     def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                   executor: Any, seed: int) -> list[tuple[str | None, str, str]]:
         return self.handle.aggregate.remote(task.name, list(questions), [list(a) for a in answers], seed).result()
+
+
+@dataclass
+class Ask:
+    """One request as the ingress handles it: the question, its task, and what the client chose."""
+
+    question: str
+    task: str
+    #: one expert by name (``model: <expert>``): that expert alone answers, no recruitment, no aggregator
+    expert: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int = 0
+    request_id: str = ""
+    #: how far it got (streamed to clients as keep-alive comments)
+    stage: str = "queued"
+
+    def sampling(self, base: SamplingSettings) -> SamplingSettings:
+        return SamplingSettings(
+            temperature=base.temperature if self.temperature is None else self.temperature,
+            max_tokens=base.max_tokens if self.max_tokens is None else self.max_tokens,
+            top_p=base.top_p if self.top_p is None else self.top_p,
+            seed=base.seed)
+
+
+class UsageMeter:
+    """Tokens of the model calls one thread makes through the scheduler (the keyword LLM, cascade rounds)."""
+
+    _local = threading.local()
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.completion = 0
+
+    @classmethod
+    def start(cls) -> "UsageMeter":
+        meter = cls()
+        cls._local.meter = meter
+        return meter
+
+    @classmethod
+    def record(cls, usage: dict[str, int] | None) -> None:
+        meter = getattr(cls._local, "meter", None)
+        if meter is not None and usage:
+            meter.prompt += usage.get("prompt_tokens", 0)
+            meter.completion += usage.get("completion_tokens", 0)
+
+    def share(self, n: int) -> dict[str, int]:
+        """An equal share for each of ``n`` questions."""
+        if n <= 0 or not (self.prompt or self.completion):
+            return {}
+        return {"prompt_tokens": round(self.prompt / n), "completion_tokens": round(self.completion / n)}
+
+
+def add_usage(*parts: dict[str, int] | None) -> dict[str, int]:
+    return {k: sum((p or {}).get(k, 0) for p in parts) for k in ("prompt_tokens", "completion_tokens")}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -100,54 +170,72 @@ class SkillMoEIngress:
         self.max_body = 4 * sv.max_question_chars + 4096
         self._prepare.set_max_batch_size(sv.max_batch_size)
         self._prepare.set_batch_wait_timeout_s(sv.batch_window_s)
+        self._created = int(time.time())
         self._index = itertools.count(1)  # skills batches run on threads: next() is atomic, += is not
 
     # ------------------------------------------------------------------ skills and recruitment
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.05, max_concurrent_batches=2)
-    async def _prepare(self, items: list[tuple[str, str]]) -> list[Any]:
+    async def _prepare(self, items: list[Ask]) -> list[Any]:
         return await asyncio.to_thread(self._prepare_sync, items)
 
-    def _prepare_sync(self, items: list[tuple[str, str]]) -> list[Any]:
-        """Skills and experts for a micro-batch of this replica's requests; an error stays with its request."""
+    def _prepare_sync(self, items: list[Ask]) -> list[Any]:
+        """Skills and experts for a micro-batch of this replica's requests; an error stays with its request.
+
+        A request for one expert by name (``model: <expert>``) skips both: it goes to that expert alone.
+        """
         out: list[Any] = [None] * len(items)
         by_task: dict[str, list[int]] = {}
-        for i, (task, _) in enumerate(items):
-            by_task.setdefault(task, []).append(i)
-        seed = self.cfg.routing.seed
+        for i, ask in enumerate(items):
+            by_task.setdefault(ask.task, []).append(i)
         for task_name, idx in by_task.items():
             pipe = self.pipelines[task_name]
-            questions = []
-            for i in idx:
-                questions.append(Question(task_name, "request", next(self._index), items[i][1]))
+            questions = [Question(task_name, "request", next(self._index), items[i].question) for i in idx]
+            routed = [k for k, i in enumerate(idx) if items[i].expert is None]
             t0 = time.perf_counter()
+            skills: list[list[str]] = [[] for _ in idx]
+            selections: list[list[str]] = [[items[i].expert or ""] for i in idx]
+            keyword = UsageMeter.start()
             try:
-                skills = pipe.skill_stage.skills(questions) if pipe.skill_stage else [[] for _ in questions]
+                if routed and pipe.skill_stage:
+                    found = pipe.skill_stage.skills([questions[k] for k in routed])
+                    for k, sk in zip(routed, found):
+                        skills[k] = list(sk)
                 t1 = time.perf_counter()
-                selections = pipe.router.route(questions, skills, seed)
+                if routed:
+                    seeds = {items[idx[k]].seed for k in routed}
+                    for seed in seeds:  # a question's experts depend on its seed, not on its batch
+                        ks = [k for k in routed if items[idx[k]].seed == seed]
+                        for k, sel in zip(ks, pipe.router.route([questions[k] for k in ks], [skills[k] for k in ks],
+                                                                 seed)):
+                            selections[k] = list(sel)
             except Exception as exc:  # noqa: BLE001 - reported per request
                 for i in idx:
                     out[i] = exc
                 continue
+            share = keyword.share(len(routed))  # the keyword LLM's tokens, split over the questions it read
             t2 = time.perf_counter()
             requests = expert_requests(pipe.task, questions, skills)
             ranking = list(pipe.router.ranking or []) + [e for e in self.rt.expert_names
                                                            if e not in (pipe.router.ranking or [])]
-            for i, q, sk, sel, req in zip(idx, questions, skills, selections, requests):
-                out[i] = (Work(q, list(sel), req, pipe.sampling_for(seed), seed, ranking), list(sk),
-                          {"skills": t1 - t0, "route": t2 - t1})
+            for k, (i, q, sel, req) in enumerate(zip(idx, questions, selections, requests)):
+                ask = items[i]
+                direct = ask.expert is not None
+                out[i] = (Work(q, sel, req, ask.sampling(pipe.sampling_for(ask.seed)), ask.seed, ranking,
+                               direct=direct),
+                          skills[k], {"skills": t1 - t0, "route": t2 - t1} if not direct else {},
+                          share if not direct else {})
         return out
 
-    async def _solve(self, question: str, task: str | None) -> dict[str, Any]:
+    async def _solve(self, ask: Ask) -> dict[str, Any]:
         sv = self.cfg.serving
-        if len(question) > sv.max_question_chars:
-            raise HTTPError(413, f"question is {len(question)} characters; the limit is {sv.max_question_chars}")
+        if len(ask.question) > sv.max_question_chars:
+            raise HTTPError(413, f"question is {len(ask.question)} characters; the limit is {sv.max_question_chars}")
         t0 = time.perf_counter()
-        task_name = self._task_for(task)
         try:
-            result = await asyncio.wait_for(self._answer(task_name, question), timeout=sv.request_timeout_s)
+            result = await asyncio.wait_for(self._answer(ask), timeout=sv.request_timeout_s)
         except asyncio.TimeoutError:
-            raise HTTPError(504, f"no answer within {sv.request_timeout_s:g} s (task {task_name}, "
+            raise HTTPError(504, f"no answer within {sv.request_timeout_s:g} s (task {ask.task}, "
                                  f"{time.perf_counter() - t0:.1f} s in the system); it may still complete") from None
         except HTTPError:
             raise
@@ -156,32 +244,47 @@ class SkillMoEIngress:
             if isinstance(err, Overloaded):
                 raise HTTPError(503, str(err), {"Retry-After": "1"}) from None
             if err is None:
-                log.exception("request failed")
-                raise HTTPError(500, f"internal error ({type(exc).__name__}); see the server log") from None
+                log.exception("request %s failed", ask.request_id)
+                raise HTTPError(500, f"internal error ({type(exc).__name__}); the server log has the detail under "
+                                     f"request id {ask.request_id}") from None
+            log.info("request %s: %s", ask.request_id, err)
             raise HTTPError(422, str(err)) from None
         result["timings"]["request"] = round(time.perf_counter() - t0, 6)
         return result
 
-    async def _answer(self, task_name: str, question: str) -> dict[str, Any]:
+    async def _answer(self, ask: Ask) -> dict[str, Any]:
         t0 = time.perf_counter()
-        prepared = await self._prepare((task_name, question))
+        ask.stage = "skills"
+        prepared = await self._prepare(ask)
         if isinstance(prepared, BaseException):
             raise prepared
-        work, skills, timings = prepared
-        pipe = self.pipelines[task_name]
-        if pipe.router.cascade:  # rounds: each asks the scheduler, the pipeline decides when to stop
-            solved = await asyncio.to_thread(pipe.solve, [work.question], work.seed, [skills])
-            s = solved[0]
-            result = {"answer": s.answer, "response": s.response, "experts": s.experts,
-                      "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in s.answers],
-                      "aggregator": s.aggregator, "task": task_name,
-                      "timings": {"experts": s.timings["experts"], "aggregate": s.timings["aggregate"]}}
+        work, skills, timings, keyword_usage = prepared
+        pipe = self.pipelines[ask.task]
+        ask.stage = "experts"
+        if pipe.router.cascade and not work.direct:  # rounds: each asks the scheduler, the pipeline decides when
+            result = await asyncio.to_thread(self._cascade, pipe, work, skills)
         else:
-            result = await self.scheduler.solve.remote(work)
+            response = self.scheduler.solve.remote(work)
+            try:
+                result = await response
+            except asyncio.CancelledError:  # the client went away: its place in the scheduler is freed
+                response.cancel()
+                raise
+        ask.stage = "done"
         result["skills"] = skills
+        result["usage"] = add_usage(result.get("usage"), keyword_usage)
         timings = {**timings, **result["timings"], "total": time.perf_counter() - t0}
         result["timings"] = {k: round(v, 6) for k, v in timings.items()}
         return result
+
+    @staticmethod
+    def _cascade(pipe: Pipeline, work: Work, skills: list[str]) -> dict[str, Any]:
+        meter = UsageMeter.start()
+        s = pipe.solve([work.question], work.seed, [skills])[0]
+        return {"answer": s.answer, "response": s.response, "experts": s.experts,
+                "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in s.answers],
+                "aggregator": s.aggregator, "task": work.question.task, "usage": meter.share(1),
+                "timings": {"experts": s.timings["experts"], "aggregate": s.timings["aggregate"]}}
 
     def _task_for(self, name: str | None) -> str:
         if name is None:
@@ -196,15 +299,53 @@ class SkillMoEIngress:
 
     # ------------------------------------------------------------------ HTTP
 
+    def _ask(self, request: Request, question: str, task: str | None, **kw: Any) -> Ask:
+        seed = kw.pop("seed", None)
+        return Ask(question, self._task_for(task), seed=self.cfg.routing.seed if seed is None else seed,
+                   request_id=getattr(request.state, "request_id", ""), **kw)
+
     @api.post("/v1/solve", response_model=SolveResponse,
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": SolveRequest.model_json_schema()}}}})
     async def solve(self, request: Request):
         try:
             body = await self._body(request, SolveRequest)
-            return await self._solve(body.question, body.task)
+            result = await self._solve(self._ask(request, body.question, body.task))
         except HTTPError as e:
-            return error_response(e.status, e.message, e.headers)
+            return from_error(e)
+        result["usage"] = usage_dict(result.get("usage"))
+        return result
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        """The pool as the model ``skillmoe`` (recruitment and aggregation), and each expert as a model of
+        its own (that expert alone answers, as a plain vLLM server would)."""
+        try:
+            check_access(request, self.api_key)
+        except HTTPError as e:
+            return from_error(e)
+        return {"object": "list", "data": self._model_cards()}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str, request: Request):
+        try:
+            check_access(request, self.api_key)
+            card = next((m for m in self._model_cards() if m["id"] == model_id), None)
+            if card is None:
+                raise HTTPError(404, f"the model {model_id!r} does not exist here; GET /v1/models lists them",
+                                param="model", code="model_not_found")
+        except HTTPError as e:
+            return from_error(e)
+        return card
+
+    def _model_cards(self) -> list[dict[str, Any]]:
+        created = self._created
+        cards = [{"id": POOL_MODEL, "object": "model", "created": created, "owned_by": "skillmoe",
+                  "description": f"the {self.cfg.name} pool: skill-based recruitment of "
+                                 f"{len(self.rt.experts)} experts and aggregation"}]
+        cards += [{"id": e.name, "object": "model", "created": created, "owned_by": "skillmoe",
+                   "description": f"the expert {e.name} alone ({e.engine})"} for e in self.rt.experts]
+        return cards
 
     @api.post("/v1/chat/completions",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
@@ -212,15 +353,72 @@ class SkillMoEIngress:
     async def chat(self, request: Request):
         try:
             body = await self._body(request, ChatRequest)
-            if body.stream:
-                raise HTTPError(400, "stream=true is not supported")
-            users = [m.content for m in body.messages if m.role == "user"]
+            if body.n != 1:
+                raise HTTPError(400, "n: only n=1 is supported (one answer per request)", param="n")
+            expert = None
+            if body.model != POOL_MODEL:
+                if body.model not in self.rt.expert_names:
+                    raise HTTPError(404, f"the model {body.model!r} does not exist here; use {POOL_MODEL!r} or one "
+                                         "of the experts GET /v1/models lists", param="model", code="model_not_found")
+                expert = body.model
+            try:
+                users = [m.text() for m in body.messages if m.role == "user"]
+            except ValueError as exc:
+                raise HTTPError(400, f"messages: {exc}", param="messages") from None
             if not users or not users[-1].strip():
-                raise HTTPError(422, "messages need a non-empty user message")
-            solved = await self._solve(users[-1], body.task)
+                raise HTTPError(422, "messages need a non-empty user message", param="messages")
+            ask = self._ask(request, users[-1], body.task, expert=expert, temperature=body.temperature,
+                            top_p=body.top_p, max_tokens=body.max_completion_tokens or body.max_tokens,
+                            seed=body.seed)
+            rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                return StreamingResponse(self._stream(request, ask, body.model, rid, created, include_usage),
+                                         media_type="text/event-stream",
+                                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+            solved = await self._solve(ask)
         except HTTPError as e:
-            return error_response(e.status, e.message, e.headers)
-        return chat_response(body.model, solved, int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}")
+            return from_error(e)
+        return chat_response(body.model, solved, created, rid)
+
+    async def _stream(self, request: Request, ask: Ask, model: str, rid: str, created: int,
+                      include_usage: bool) -> Any:
+        """OpenAI's server-sent events: a role chunk, content deltas, a finish chunk, [DONE].
+
+        Until the answer is there, a comment line every few seconds keeps the connection open and says
+        which stage the request has reached; a client that disconnects cancels its request.
+        """
+        def event(data: dict[str, Any]) -> str:
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        yield event(chat_chunk(model, rid, created, {"role": "assistant", "content": ""}))
+        task = asyncio.ensure_future(self._solve(ask))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=STREAM_KEEPALIVE_S)
+                if done:
+                    break
+                if await request.is_disconnected():
+                    task.cancel()
+                    return
+                yield f": stage {ask.stage}\n\n"
+            try:
+                solved = task.result()
+            except HTTPError as e:
+                body = json.loads(bytes(from_error(e).body))
+                yield event(body)
+                yield "data: [DONE]\n\n"
+                return
+            text = solved["response"]
+            for i in range(0, len(text), STREAM_PIECE_CHARS):
+                yield event(chat_chunk(model, rid, created, {"content": text[i:i + STREAM_PIECE_CHARS]}))
+            yield event(chat_chunk(model, rid, created, {}, finish="stop"))
+            if include_usage:
+                yield event(chat_chunk(model, rid, created, {}, usage=solved.get("usage"), with_choice=False))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _body(self, request: Request, model: Any) -> Any:
         """Access first, then the body's shape: a bad request costs no batch slot."""
@@ -232,7 +430,7 @@ class SkillMoEIngress:
         try:
             check_access(request, self.api_key)
         except HTTPError as e:
-            return error_response(e.status, e.message, e.headers)
+            return from_error(e)
         state = await self.scheduler.pool.remote()
         infos = [w for w in state["workers"] if "resident" in w]
         resident = {e: [i["wid"] for i in infos if e in i["resident"]] for e in self.rt.expert_names}
@@ -255,4 +453,10 @@ class SkillMoEIngress:
 
     @api.get("/healthz")
     async def healthz(self):
-        return {"status": "ok"}
+        """Readiness: 200 once this replica and the scheduler with its pool answer; else 503 ``starting``."""
+        try:
+            state = await asyncio.wait_for(self.scheduler.ready.remote(), timeout=HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - not up yet (or restarting): not ready, and say so
+            return JSONResponse(status_code=503, content={"status": "starting", "stage": "scheduler starting"},
+                                headers={"Retry-After": "5"})
+        return {"status": "ok", **state}

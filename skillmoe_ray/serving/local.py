@@ -40,8 +40,12 @@ def init_ray(cfg: Config, address: str | None = None, num_cpus: int | None = Non
 
 
 def start_serving(config_path: str | Path, cfg: Config, host: str, port: int, recorded_dir: str | None = None,
-                  state_dir: str | None = None, blocking: bool = False) -> str:
-    """Deploy the ingress; returns its URL once it answers."""
+                  state_dir: str | None = None, blocking: bool = False, announce: bool = False) -> str:
+    """Deploy the application; returns its URL once it answers.
+
+    With ``announce``, it says what it is doing as it goes, and a placeholder answers ``/healthz`` with
+    503 ``starting`` and the stage reached until the application replaces it.
+    """
     from ray import serve
 
     from .builders import build_application
@@ -49,12 +53,27 @@ def start_serving(config_path: str | Path, cfg: Config, host: str, port: int, re
     if state_dir:
         cfg.state_dir = state_dir
     serve.start(http_options={"host": host, "port": port}, detached=False)
-    app = build_application(cfg, recorded_dir, progress=True)
+    url = f"http://{host}:{port}"
+    starting = None
+    if announce:
+        from .starting import Starting
+
+        starting = serve.run(Starting.bind(cfg.name), name="skillmoe", route_prefix="/", blocking=False)
+        print(f"skillmoe: {url}/healthz answers 503 'starting' until the deployment is ready", flush=True)
+
+    def stage(text: str) -> None:
+        if announce:
+            print(f"skillmoe: {text}", flush=True)
+        if starting is not None:
+            starting.set_progress.remote({"stage": text})
+
+    stage(f"loading profiles of {', '.join(cfg.serving.tasks)} (built on the validation split if missing)")
+    app = build_application(cfg, recorded_dir, progress=announce)
+    stage(f"starting {cfg.serving.workers} worker(s) and the scheduler; models load as the first batches need them")
     try:
         serve.run(app, name="skillmoe", route_prefix="/", blocking=False)
     except Exception as exc:  # deployment constructor errors arrive wrapped
         raise SkillMoEError(f"the deployment failed to start: {_root_message(exc)}") from None
-    url = f"http://{host}:{port}"
     return url
 
 
@@ -83,7 +102,7 @@ def serve_forever(config_path: str | Path, cfg: Config, host: str, port: int, ad
     import threading
 
     init_ray(cfg, address)
-    url = start_serving(config_path, cfg, host, port, recorded_dir)
+    url = start_serving(config_path, cfg, host, port, recorded_dir, announce=True)
     print(f"skillmoe: serving {cfg.name} at {url}  (POST {url}/v1/solve, {url}/v1/chat/completions; "
           f"GET {url}/v1/pool, {url}/healthz) - Ctrl-C to stop", flush=True)
     stop = threading.Event()

@@ -56,6 +56,8 @@ class Work:
     seed: int
     #: fallback order for substitutes when an expert is out of service (best first)
     ranking: list[str]
+    #: one expert asked by name: its answer is the answer, no aggregator
+    direct: bool = False
 
 
 @dataclass
@@ -72,6 +74,9 @@ class _Open:
     #: experts as asked (substitutes replace unhealthy ones)
     experts: list[str] = field(default_factory=list)
     batch_size: int = 0
+    #: prompt and completion tokens of every model call made for it
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass
@@ -199,13 +204,15 @@ class Scheduler:
                 self.adopt([result["state"]])
         return expert, items, result
 
-    async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
+    async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings, with_usage: bool = False) -> Any:
         """Run a whole plan at once (no micro-batching): cascade rounds, the keyword LLM, benchmarks.
 
         Items of an expert that failed to load are left out (see ``unhealthy``), as the executor protocol says.
+        With ``with_usage``: (texts, the plan's summed prompt and completion tokens).
         """
         items = {e: [((qi, slot), req) for qi, slot, req in work] for e, work in plan.items()}
         texts: dict[tuple[int, int], str] = {}
+        tokens = {"prompt_tokens": 0, "completion_tokens": 0}
         for fut in asyncio.as_completed(self._dispatch(items, sampling)):
             expert, part, result = await fut
             if isinstance(result, BaseException):
@@ -213,8 +220,11 @@ class Scheduler:
             if result.get("errors"):
                 raise EngineError(next(iter(result["errors"].values())))
             texts.update(result["texts"])
+            for p, c in result.get("usage", {}).values():
+                tokens["prompt_tokens"] += p
+                tokens["completion_tokens"] += c
             self.usage.update({expert: len(result["texts"])})
-        return texts
+        return (texts, tokens) if with_usage else texts
 
     # ------------------------------------------------------------------ questions
 
@@ -243,6 +253,8 @@ class Scheduler:
         """The question's experts, each unhealthy one replaced by the best-ranked healthy one it does not have."""
         if not any(e in self.unhealthy for e in work.experts):
             return list(work.experts)
+        if work.direct:  # asked for by name: no one else answers in its place
+            raise EngineError(f"expert {work.experts[0]} is out of service: {self.unhealthy[work.experts[0]]}")
         order = list(work.ranking) + [e for e in self.expert_names if e not in work.ranking]
         healthy = [e for e in order if e not in self.unhealthy]
         if not healthy:
@@ -337,6 +349,9 @@ class Scheduler:
             elif key in texts:
                 task = get_task(q.work.question.task)
                 q.answers[slot] = ExpertAnswer(expert, texts[key], task.extract(texts[key]))
+                p, c = result.get("usage", {}).get(key, (0, 0))
+                q.prompt_tokens += p
+                q.completion_tokens += c
                 if len(q.answers) == len(q.experts):
                     complete.append(q)
             else:  # the expert failed to load
@@ -347,6 +362,10 @@ class Scheduler:
         out = []
         for q, slot in slots:
             q.attempts += 1
+            if q.work.direct:
+                self._finish_error(q, EngineError(f"expert {q.experts[slot]} is out of service: "
+                                                  f"{self.unhealthy.get(q.experts[slot], 'load failed')}"))
+                continue
             healthy = [e for e in q.work.ranking if e not in self.unhealthy]
             if not healthy or q.attempts > self.attempts * len(q.experts):
                 self._finish_error(q, EngineError(f"experts kept failing to load: {describe_unhealthy(self.unhealthy)}"))
@@ -367,10 +386,19 @@ class Scheduler:
                 by_task.setdefault(q.work.question.task, []).append(q)
         for task_name, qs in by_task.items():
             answers = [[q.answers[s] for s in range(len(q.experts))] for q in qs]
-            merged = await self.aggregate(task_name, [q.work.question for q in qs], answers, qs[0].work.seed,
-                                          [q.work.ranking for q in qs])
+            direct = [q.work.direct for q in qs]
+            routed = [i for i, d in enumerate(direct) if not d]
+            merged: list[tuple[str | None, str, str]] = [(ans[0].pred, ans[0].response, ans[0].expert)
+                                                         for ans in answers]
+            tokens = [(0, 0)] * len(qs)
+            if routed:
+                out, used = await self.aggregate_with_usage(task_name, [qs[i].work.question for i in routed],
+                                                            [answers[i] for i in routed], qs[routed[0]].work.seed,
+                                                            [qs[i].work.ranking for i in routed])
+                for i, m, u in zip(routed, out, used):
+                    merged[i], tokens[i] = m, u
             t1 = time.perf_counter()
-            for q, ans, (answer, response, who) in zip(qs, answers, merged):
+            for q, ans, (answer, response, who), (ap, ac) in zip(qs, answers, merged, tokens):
                 if q.future.done():
                     continue
                 self.usage.update(q.experts)
@@ -379,6 +407,7 @@ class Scheduler:
                     "answer": answer, "response": response, "experts": list(q.experts),
                     "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in ans],
                     "aggregator": who, "task": task_name,
+                    "usage": {"prompt_tokens": q.prompt_tokens + ap, "completion_tokens": q.completion_tokens + ac},
                     "timings": {"queue": q.dispatched - q.admitted, "experts": t0 - q.dispatched,
                                 "aggregate": t1 - t0, "batch_size": float(q.batch_size)},
                 })
@@ -386,11 +415,17 @@ class Scheduler:
     async def aggregate(self, task_name: str, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                         seed: int, rankings: Sequence[Sequence[str]] | None = None) -> list[tuple[str | None, str, str]]:
         """The task's aggregator actor merges the answers; if it fails, a vote of the experts does."""
+        return (await self.aggregate_with_usage(task_name, questions, answers, seed, rankings))[0]
+
+    async def aggregate_with_usage(self, task_name: str, questions: Sequence[Question],
+                                   answers: Sequence[Sequence[ExpertAnswer]], seed: int,
+                                   rankings: Sequence[Sequence[str]] | None = None) -> tuple[list, list]:
+        """:meth:`aggregate`, and the aggregator model's (prompt, completion) tokens per question."""
         actor = self.aggregators.get(task_name)
         if actor is not None:
             try:
-                return await asyncio.wait_for(actor.aggregate.remote(task_name, list(questions),
-                                                                     [list(a) for a in answers], seed),
+                return await asyncio.wait_for(actor.aggregate_with_usage.remote(task_name, list(questions),
+                                                                                [list(a) for a in answers], seed),
                                               timeout=self.aggregate_timeout_s)
             except Exception as exc:  # noqa: BLE001 - actor died, timed out or raised: the experts' answers stand
                 why = f"aggregator {self.aggregator_names.get(task_name, '?')} failed"
@@ -406,7 +441,7 @@ class Scheduler:
             response = next((a.response for a in ans if a.pred is not None and pred is not None
                              and task.same_answer(a.pred, pred)), ans[0].response if ans else "")
             out.append((pred, response, f"vote (fallback: {why})"))
-        return out
+        return out, [(0, 0)] * len(out)
 
     # ------------------------------------------------------------------ views
 

@@ -72,7 +72,8 @@ class SkillMoEScheduler:
         namespace = POOL_NAMESPACE
         self.workers, self.pg, attached = start_workers(
             experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, data_dir, sv.models_per_worker,
-            host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch, name=name, namespace=namespace)
+            host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch, name=name, namespace=namespace,
+            strategy=sv.placement_strategy)
         traits = ray.get(self.workers[0].traits.remote())
         states = ray.get([w.state.remote() for w in self.workers])
 
@@ -108,12 +109,16 @@ class SkillMoEScheduler:
     async def solve(self, work: Work) -> dict[str, Any]:
         return await self.core.solve(work)
 
-    async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
-        return await self.core.run_plan(plan, sampling)
+    async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings, with_usage: bool = False) -> Any:
+        return await self.core.run_plan(plan, sampling, with_usage)
 
     async def aggregate(self, task: str, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                         seed: int) -> list[tuple[str | None, str, str]]:
         return await self.core.aggregate(task, questions, answers, seed, [self.rankings.get(task, [])] * len(answers))
+
+    async def ready(self) -> dict[str, Any]:
+        """Answers once this replica's pool is up (the ingress's readiness depends on it)."""
+        return {"workers": len(self.workers), "pending": self.core.pending}
 
     async def unhealthy(self) -> dict[str, str]:
         return dict(self.core.unhealthy)

@@ -26,6 +26,12 @@ class ExpertOut(BaseModel):
     answer: str | None
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class SolveResponse(BaseModel):
     answer: str | None
     response: str
@@ -35,20 +41,66 @@ class SolveResponse(BaseModel):
     aggregator: str
     task: str
     timings: dict[str, float]
+    usage: Usage | None = None
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content; only text parts carry a question."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_call_id, ...: accepted, unused
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: str | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        """The message as text: text parts joined by newlines; any other part type is refused (400)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        texts = []
+        for i, part in enumerate(self.content):
+            if part.type != "text":
+                raise ValueError(f"content[{i}] has type {part.type!r}; only text parts are supported")
+            texts.append(part.text or "")
+        return "\n".join(texts)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use (temperature, n, ...)
+    """OpenAI's chat request. Sampling parameters are checked against OpenAI's ranges and honoured:
+    temperature, top_p and max_tokens apply to every expert call of the request; n must be 1."""
+
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use (user, metadata, ...)
 
     model: str = "skillmoe"
     messages: list[ChatMessage] = Field(min_length=1)
     task: str | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int = Field(default=1, ge=1)
+    seed: int | None = None
+
+
+def usage_dict(usage: dict[str, int] | None) -> dict[str, int]:
+    p, c = (usage or {}).get("prompt_tokens", 0), (usage or {}).get("completion_tokens", 0)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
 def chat_response(model: str, solved: dict[str, Any], created: int, rid: str) -> dict[str, Any]:
@@ -59,6 +111,16 @@ def chat_response(model: str, solved: dict[str, Any], created: int, rid: str) ->
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": solved["response"]},
                      "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "usage": usage_dict(solved.get("usage")),
         "skillmoe": {k: solved[k] for k in ("answer", "skills", "experts", "aggregator", "task", "timings")},
     }
+
+
+def chat_chunk(model: str, rid: str, created: int, delta: dict[str, Any], finish: str | None = None,
+               usage: dict[str, int] | None = None, with_choice: bool = True) -> dict[str, Any]:
+    """One server-sent event of a streamed chat completion (OpenAI's ``chat.completion.chunk``)."""
+    chunk: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if with_choice else []}
+    if usage is not None:
+        chunk["usage"] = usage_dict(usage)
+    return chunk

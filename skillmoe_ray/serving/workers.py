@@ -119,32 +119,41 @@ class ExpertWorker:
                 self.prefetches += 1
             elif st.prefetch in self.tiers.host:
                 self.tiers.host.remove(st.prefetch)
-        texts, errors = self._generate(engine, items, sampling)
+        texts, errors, usage = self._generate(engine, items, sampling)
         self.usage[name] = self.usage.get(name, 0) + len(items)
         if after_job(self.tiers, name, self.limits):
             engine.release()
         self.jobs_done += 1
-        return {"texts": texts, "failed": {}, "errors": errors,
+        return {"texts": texts, "failed": {}, "errors": errors, "usage": usage,
                 "job": {"expert": name, "load_s": t1 - t0, "generate_s": time.perf_counter() - t1, "n": len(items),
                         "bring": st.bring, "woke": st.bring == "wake"},
                 "state": self.state()}
 
     @staticmethod
-    def _generate(engine: Engine, items: Sequence[Item], sampling: SamplingSettings) -> tuple[dict, dict]:
-        """The batch's texts; a request the engine refuses (a recording it lacks) fails alone, not its batch."""
+    def _generate(engine: Engine, items: Sequence[Item], sampling: SamplingSettings) -> tuple[dict, dict, dict]:
+        """The batch's texts, per-item errors and token counts; a request the engine refuses (a recording it
+        lacks) fails alone, not its batch."""
+        usage: dict[Any, tuple[int, int]] = {}
+
+        def run(part: Sequence[Item]) -> list[str]:
+            reqs = [req for _, req in part]
+            engine._last_usage = []
+            out = engine.generate(reqs, sampling)
+            usage.update({key: u for (key, _), u in zip(part, engine.usage(reqs, out))})
+            return out
+
         try:
-            out = engine.generate([req for _, req in items], sampling)
-            return {key: text for (key, _), text in zip(items, out)}, {}
+            return {key: text for (key, _), text in zip(items, run(items))}, {}, usage
         except SkillMoEError:
             if len(items) == 1:
                 raise
         texts, errors = {}, {}
         for key, req in items:
             try:
-                texts[key] = engine.generate([req], sampling)[0]
+                texts[key] = run([(key, req)])[0]
             except SkillMoEError as exc:
                 errors[key] = str(exc)
-        return texts, errors
+        return texts, errors, usage
 
     def run(self, jobs: Sequence[Job], sampling: SamplingSettings) -> dict[str, Any]:
         """Run a whole job list in order; returns {"texts": {(qi, slot): text}, "stats": ...}."""
@@ -226,6 +235,7 @@ class AggregatorWorker:
         if self.mode == "llm" and self.engine is not None:
             agg = LLMAggregator(self.engine.name, self.max_tokens)
             # its only model: the executor never parks it, so it stays loaded between batches
+            self.engine._last_usage = []
             return agg.aggregate(task, questions, answers, LocalExecutor({self.engine.name: self.engine}), seed)
         ranking = self.ranking_by_task.get(task_name, [])
         if self.mode == "weighted_vote":
@@ -233,6 +243,19 @@ class AggregatorWorker:
         else:
             agg = VoteAggregator(ranking)
         return agg.aggregate(task, questions, answers, None, seed)  # type: ignore[arg-type]
+
+    def aggregate_with_usage(self, task_name: str, questions: list, answers: list,
+                             seed: int) -> tuple[list[tuple[str | None, str, str]], list[tuple[int, int]]]:
+        """The merged answers, and the aggregator model's (prompt, completion) tokens per question."""
+        merged = self.aggregate(task_name, questions, answers, seed)
+        if self.engine is None or self.mode != "llm":
+            return merged, [(0, 0)] * len(merged)
+        usage = list(self.engine._last_usage)
+        if len(usage) != len(merged):  # the engine counted nothing: estimate from the texts
+            from ..engines.base import estimate_tokens
+
+            usage = [(0, estimate_tokens(r)) for _, r, _ in merged]
+        return merged, usage
 
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "model": self.engine.name if self.engine else None,

@@ -1,0 +1,81 @@
+"""`skillmoe serve` from nothing: it says what it is doing, and /healthz is 503 `starting` until it is ready."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import RECORDED_CONFIG, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _health(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:  # the proxy answers plain text before any app is deployed
+        data = e.read()
+        try:
+            return e.code, json.loads(data or b"{}")
+        except ValueError:
+            return e.code, {"raw": data.decode("utf-8", "replace")}
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, {}
+
+
+def test_serve_reports_progress_and_readiness(tmp_path):
+    cfg = yaml.safe_load(RECORDED_CONFIG.read_text())
+    cfg["state_dir"] = str(tmp_path / "state")  # no profiles yet: they are built before serving
+    path = tmp_path / "cold.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    exe = Path(sys.executable).with_name("skillmoe")
+    proc = subprocess.Popen([str(exe), "serve", "--config", str(path), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    seen: list[tuple[int, dict]] = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            status, body = _health(url)
+            if status:
+                seen.append((status, body))
+            if status == 200 or proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert seen and seen[-1][0] == 200, seen[-3:]
+        starting = [b for s, b in seen if s == 503 and "raw" not in b]
+        assert starting and all(b["status"] == "starting" and b.get("stage") for b in starting), seen[:5]
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(line.startswith("skillmoe: serving") for line in lines):
+            time.sleep(0.2)
+        req = urllib.request.Request(f"{url}/v1/models")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["data"][0]["id"] == "skillmoe"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=10)
+    out = "".join(lines)
+    assert "starting" in out and "loading profiles" in out and "skillmoe: serving" in out, out[-2000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert proc.returncode == 0

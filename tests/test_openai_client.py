@@ -1,0 +1,142 @@
+"""The OpenAI API as standard clients see it: the official `openai` package against the served recorded pool."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from httpclient import leaks, post
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(served_recorded):
+    return openai.OpenAI(base_url=f"{served_recorded}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def questions(recorded_runtime):
+    from skillmoe_ray.tasks import get_task
+
+    return [q.text for q in recorded_runtime.questions(get_task("MMLU_Pro"), "test")[20:40]]
+
+
+def test_models_list_the_pool_and_every_expert(client, recorded_runtime):
+    ids = [m.id for m in client.models.list()]
+    assert ids[0] == "skillmoe" and set(ids[1:]) == set(recorded_runtime.expert_names)
+    assert client.models.retrieve("skillmoe").id == "skillmoe"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("gpt-17")
+    assert e.value.body["code"] == "model_not_found"
+
+
+def test_chat_with_string_and_part_content_and_system_messages(client, questions):
+    q = questions[0]
+    plain = client.chat.completions.create(model="skillmoe", messages=[{"role": "user", "content": q}])
+    parts = client.chat.completions.create(model="skillmoe", messages=[
+        {"role": "system", "content": "You are a careful expert."},
+        {"role": "user", "content": [{"type": "text", "text": q}]}], extra_body={"task": "MMLU_Pro"})
+    assert plain.choices[0].message.content == parts.choices[0].message.content
+    assert plain.choices[0].finish_reason == "stop" and plain.object == "chat.completion"
+    extra = plain.model_extra["skillmoe"]
+    assert extra["task"] == "MMLU_Pro" and len(extra["experts"]) == 3
+    # text parts are joined; another part type is refused, naming it
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="skillmoe", messages=[{"role": "user", "content": [
+            {"type": "text", "text": q}, {"type": "image_url", "image_url": {"url": "data:,x"}}]}])
+    assert "image_url" in e.value.body["message"] and not leaks(e.value.body)
+
+
+def test_usage_counts_add_up_and_match_the_solve_endpoint(client, served_recorded, questions):
+    q = questions[1]
+    r = client.chat.completions.create(model="skillmoe", messages=[{"role": "user", "content": q}])
+    u = r.usage
+    assert u.prompt_tokens > 0 and u.completion_tokens > 0
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens
+    status, solved = post(f"{served_recorded}/v1/solve", {"question": q})
+    assert status == 200 and solved["usage"] == u.model_dump(include={"prompt_tokens", "completion_tokens",
+                                                                      "total_tokens"})
+    # one expert asked alone costs less than three
+    one = client.chat.completions.create(model=solved["experts"][0], messages=[{"role": "user", "content": q}])
+    assert 0 < one.usage.total_tokens < u.total_tokens
+
+
+def test_streaming_with_and_without_usage(client, questions):
+    q = questions[2]
+    whole = client.chat.completions.create(model="skillmoe", messages=[{"role": "user", "content": q}])
+    for include_usage in (False, True):
+        kw = {"stream_options": {"include_usage": True}} if include_usage else {}
+        chunks = list(client.chat.completions.create(model="skillmoe", stream=True,
+                                                     messages=[{"role": "user", "content": q}], **kw))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        with_choices = [c for c in chunks if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in with_choices)
+        assert text == whole.choices[0].message.content
+        assert with_choices[-1].choices[0].finish_reason == "stop"
+        assert all(c.choices[0].finish_reason is None for c in with_choices[:-1])
+        assert len({c.id for c in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
+        if include_usage:
+            assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+        else:
+            assert all(c.usage is None for c in chunks)
+
+
+def test_out_of_range_parameters_are_refused_in_openais_error_shape(client, questions):
+    msgs = [{"role": "user", "content": questions[3]}]
+    for kw, param in (({"temperature": 50}, "temperature"), ({"top_p": 3}, "top_p"), ({"top_p": 0}, "top_p"),
+                      ({"max_tokens": -5}, "max_tokens"), ({"n": 0}, "n"), ({"n": 2}, "n")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="skillmoe", messages=msgs, **kw)
+        err = e.value.body
+        assert set(err) >= {"message", "type", "param", "code"}, err
+        assert err["param"] == param and param in err["message"] and err["type"] == "invalid_request_error"
+    # in range: honoured, and the answer still comes
+    ok = client.chat.completions.create(model="skillmoe", messages=msgs, temperature=0, top_p=0.5, max_tokens=64)
+    assert ok.choices[0].message.content
+
+
+def test_one_expert_by_model_id(client, served_recorded, questions):
+    q = questions[4]
+    status, solved = post(f"{served_recorded}/v1/solve", {"question": q})
+    expert = solved["experts"][0]
+    r = client.chat.completions.create(model=expert, messages=[{"role": "user", "content": q}])
+    extra = r.model_extra["skillmoe"]
+    assert r.model == expert and extra["experts"] == [expert] and extra["aggregator"] == expert
+    assert extra["skills"] == []  # asked by name: no recruitment
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-expert", messages=[{"role": "user", "content": q}])
+
+
+def _raw(url: str, body: bytes, method: str = "POST") -> tuple[int, dict, dict]:
+    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), dict(e.headers)
+
+
+def test_odd_inputs_get_clear_errors_that_leak_nothing(served_recorded):
+    lone = b'{"question": "what is \\ud800?"}'
+    status, body, headers = _raw(f"{served_recorded}/v1/solve", lone)
+    assert status == 400 and "Unicode" in body["error"]["message"] and headers.get("x-request-id")
+    cases = [
+        (f"{served_recorded}/v1/solve", b'{"question": "What is the airspeed of an unladen swallow?"}', "POST", 422),
+        (f"{served_recorded}/v1/nope", b"{}", "POST", 404),
+        (f"{served_recorded}/v1/solve", b"", "GET", 405),
+        (f"{served_recorded}/v1/chat/completions", b'{"messages": []}', "POST", 422),
+    ]
+    for url, data, method, want in cases:
+        status, body, headers = _raw(url, data, method)
+        assert status == want, (url, status, body)
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert not leaks(body), body
+        assert headers.get("x-request-id")
+    # the recorded pool's unknown question says what it replays and how to serve anything
+    status, body, _ = _raw(cases[0][0], cases[0][1])
+    assert "2,450 MMLU_Pro questions" in body["error"]["message"] and "local-cpu.yaml" in body["error"]["message"]
