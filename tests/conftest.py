@@ -50,8 +50,10 @@ def ray_cluster():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    # Ray's Prometheus export on a private port (tests/test_metrics.py scrapes it)
+    os.environ["SKILLMOE_TEST_METRICS_PORT"] = str(free_port())
     ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, _metrics_export_port=int(os.environ["SKILLMOE_TEST_METRICS_PORT"]))
     yield ray
     try:
         from ray import serve

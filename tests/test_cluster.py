@@ -61,7 +61,7 @@ def test_workers_spread_or_pack_over_nodes_and_answer_a_plan():
     env.pop("RAY_ADDRESS", None)
     try:
         proc = subprocess.run([sys.executable, __file__], env=env, cwd=str(ROOT), capture_output=True,
-                              text=True, timeout=150)
+                              text=True, timeout=400)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

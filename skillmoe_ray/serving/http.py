@@ -23,6 +23,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from ..errors import SkillMoEError
+from . import metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ def install(app: Any) -> None:
             log.exception("request %s failed", rid)
             response = error_response(500, f"internal error; the server log has the detail under request id {rid}")
         response.headers["x-request-id"] = rid
+        # by route template, not raw path: an unknown path must not make a metric series of its own
+        metrics.request(getattr(request.scope.get("route"), "path", "unmatched"), response.status_code)
         return response
 
     @app.exception_handler(StarletteHTTPException)

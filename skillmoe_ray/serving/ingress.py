@@ -35,7 +35,7 @@ from ..runtime import Runtime
 from ..routers import make_router
 from ..tasks import Question, Task, get_task
 from .builders import AppSpec
-from . import http
+from . import http, metrics
 from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate
 from .scheduler import Overloaded, Work
 from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_chunk, chat_response, usage_dict
@@ -250,6 +250,7 @@ class SkillMoEIngress:
             log.info("request %s: %s", ask.request_id, err)
             raise HTTPError(422, str(err)) from None
         result["timings"]["request"] = round(time.perf_counter() - t0, 6)
+        metrics.stages(result["timings"])
         return result
 
     async def _answer(self, ask: Ask) -> dict[str, Any]:

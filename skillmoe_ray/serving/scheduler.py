@@ -34,6 +34,7 @@ from ..solution import ExpertAnswer
 from ..scheduling.planner import Assignment, Costs, WorkerState, plan_grouped
 from ..scheduling.residency import Limits, ModelTraits, Tiers
 from ..tasks import Question, get_task
+from . import metrics
 from .http import user_error
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,9 @@ class Scheduler:
             view.inflight -= 1
             view.pending_s = max(0.0, view.pending_s - seconds)
         if isinstance(result, dict):
-            self.unhealthy.update(result.get("failed", {}))
+            if result.get("failed"):
+                self.unhealthy.update(result["failed"])
+                metrics.unhealthy(len(self.unhealthy))
             if view.inflight == 0:  # nothing queued: the worker's own account is the truth
                 self.adopt([result["state"]])
         return expert, items, result
@@ -239,6 +242,7 @@ class Scheduler:
         self._ids += 1
         q = _Open(self._ids, work, loop.create_future(), time.perf_counter(), experts=self._healthy(work))
         self._open += 1
+        metrics.queue_depth(self._open)
         self._by_id[q.id] = q
         self._queue.append(q)
         assert self._wakeup is not None
@@ -247,6 +251,7 @@ class Scheduler:
             return await q.future
         finally:
             self._open -= 1
+            metrics.queue_depth(self._open)
             self._by_id.pop(q.id, None)
 
     def _healthy(self, work: Work) -> list[str]:
@@ -287,6 +292,7 @@ class Scheduler:
     async def _run_batch(self, batch: list[_Open]) -> None:
         try:
             self.batches += 1
+            metrics.batch(len(batch))
             t0 = time.perf_counter()
             for q in batch:
                 q.dispatched = t0
@@ -403,6 +409,7 @@ class Scheduler:
                     continue
                 self.usage.update(q.experts)
                 self.served += 1
+                metrics.answered(q.experts, q.prompt_tokens + ap, q.completion_tokens + ac)
                 q.future.set_result({
                     "answer": answer, "response": response, "experts": list(q.experts),
                     "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in ans],
@@ -430,6 +437,7 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - actor died, timed out or raised: the experts' answers stand
                 why = f"aggregator {self.aggregator_names.get(task_name, '?')} failed"
                 log.warning("%s (%s); falling back to a vote of the experts", why, type(exc).__name__)
+                metrics.aggregator_fallback(task_name)
         else:
             why = "no aggregator actor"
         task = get_task(task_name)

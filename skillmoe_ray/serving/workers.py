@@ -23,6 +23,7 @@ from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..engines.registry import create_engine
 from ..errors import EngineError, SkillMoEError
+from . import metrics
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step
 
 #: (item key, request): the key comes back with the item's text
@@ -95,6 +96,7 @@ class ExpertWorker:
             st = step(tiers, name, list(upcoming), self.limits)
             for kind, victim in st.evictions:
                 (self.engines[victim].park if kind == "park" else self.engines[victim].release)()
+                metrics.evicted(self.wid, kind)
             self.tiers = Tiers(tiers.device, tiers.host, tiers.cheap)
             if not engine.loaded:
                 engine.load()
@@ -112,6 +114,7 @@ class ExpertWorker:
         self.wakes += st.bring == "wake"
         t1 = time.perf_counter()
         self.load_seconds += t1 - t0
+        metrics.brought_in(self.wid, st.bring, t1 - t0)
         for f in st.prefetch_frees:
             self.engines[f].release()
         if st.prefetch is not None:
