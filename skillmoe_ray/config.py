@@ -128,6 +128,9 @@ class ServingConfig(_Strict):
     #: expert micro-batches in flight at once in the scheduler (formed across all ingress replicas):
     #: the next batch's experts start while this one's slowest jobs finish
     max_concurrent_batches: int = Field(default=2, ge=1)
+    #: run the ingress replicas and the scheduler on the head node, so that losing a (GPU) worker node
+    #: loses workers only, never the requests the control plane holds; off: anywhere Ray places them
+    control_on_head: bool = True
     #: stateless ingress replicas started by `skillmoe serve` (a Serve config file sets its own
     #: num_replicas or autoscaling_config for SkillMoEIngress); the scheduler is always one
     ingress_replicas: int = Field(default=1, ge=1)
@@ -138,6 +141,15 @@ class ServingConfig(_Strict):
     max_pending: int = Field(default=512, ge=1)
     #: a request still unanswered after this gets 504
     request_timeout_s: float = Field(default=600.0, gt=0)
+    #: a worker whose job runs past job_timeout_min_s + job_timeout_factor x its predicted finish (the cost
+    #: model's) is counted lost, and its jobs go to the other workers
+    job_timeout_factor: float = Field(default=4.0, gt=0)
+    job_timeout_min_s: float = Field(default=30.0, gt=0)
+    #: seconds between looks at Ray's node table and pings of idle (or lost) workers; a lost worker that
+    #: answers again rejoins the pool
+    health_probe_s: float = Field(default=2.0, gt=0)
+    #: the aggregator actor's answer is waited for this long before the vote of the experts stands in
+    aggregator_timeout_s: float = Field(default=300.0, gt=0)
     #: environment variable holding the API key; if set (or api_key_file is), every
     #: endpoint but /healthz needs "Authorization: Bearer <key>"
     api_key_env: str = "SKILLMOE_API_KEY"

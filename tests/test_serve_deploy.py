@@ -62,13 +62,21 @@ def stop_processes(marker: str, grace_s: float = 10.0) -> list[int]:
     deadline = time.monotonic() + grace_s
     while pids_under(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = pids_under(marker)
-    for pid in left:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return left
+    killed: list[int] = []
+    for _ in range(5):  # a dying raylet may still start a worker: kill in rounds until none is left
+        left = pids_under(marker)
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        killed += left
+        deadline = time.monotonic() + 10  # SIGKILL is not instant: wait for them to be gone
+        while pids_under(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return killed
 
 
 def run(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:

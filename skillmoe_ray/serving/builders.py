@@ -14,6 +14,9 @@ from typing import Any
 from ..config import Config, load_config
 from ..errors import SkillMoEError
 
+#: the resource Ray puts on the head node only
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
 
 @dataclass
 class AppSpec:
@@ -53,10 +56,14 @@ def build_application(cfg: Config, recorded_dir: str | None = None, progress: bo
     from .scheduler_deployment import SkillMoEScheduler
 
     spec = app_spec(cfg, recorded_dir, progress)
+    placement: dict[str, Any] = {"num_cpus": 0}
+    if cfg.serving.control_on_head:  # Ray gives the head node this resource (1 of it); a sliver pins there
+        placement["resources"] = {HEAD_NODE_RESOURCE: 0.001}
     scheduler = SkillMoEScheduler.options(
-        max_ongoing_requests=max(10_000, 4 * cfg.serving.max_pending)).bind(spec)
+        max_ongoing_requests=max(10_000, 4 * cfg.serving.max_pending), ray_actor_options=placement).bind(spec)
     limit = max(cfg.serving.max_pending, cfg.serving.max_batch_size) + 16
-    ingress = SkillMoEIngress.options(max_ongoing_requests=limit, num_replicas=cfg.serving.ingress_replicas)
+    ingress = SkillMoEIngress.options(max_ongoing_requests=limit, num_replicas=cfg.serving.ingress_replicas,
+                                      ray_actor_options=placement)
     return ingress.bind(scheduler, spec)
 
 

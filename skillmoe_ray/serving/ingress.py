@@ -37,7 +37,7 @@ from ..tasks import Question, Task, get_task
 from .builders import AppSpec
 from . import http, metrics
 from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate
-from .scheduler import Overloaded, Work
+from .scheduler import Overloaded, Unavailable, Work
 from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_chunk, chat_response, usage_dict
 
 log = logging.getLogger(__name__)
@@ -241,8 +241,8 @@ class SkillMoEIngress:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status here, once
             err = user_error(exc)
-            if isinstance(err, Overloaded):
-                raise HTTPError(503, str(err), {"Retry-After": "1"}) from None
+            if isinstance(err, (Overloaded, Unavailable)):
+                raise HTTPError(503, str(err), {"Retry-After": "1" if isinstance(err, Overloaded) else "5"}) from None
             if err is None:
                 log.exception("request %s failed", ask.request_id)
                 raise HTTPError(500, f"internal error ({type(exc).__name__}); the server log has the detail under "
@@ -450,6 +450,9 @@ class SkillMoEIngress:
             "served": state["served"],
             "batches": state["batches"],
             "pending": state["pending"],
+            "workers_alive": len(state["alive"]),
+            "scheduler_node": state["node_id"],
+            "events": state["events"],
         }
 
     @api.get("/healthz")

@@ -33,6 +33,7 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "aggregator_fallbacks": ("counter", "answers that fell back to a vote because the aggregator failed",
                              ("task",), None),
     "unhealthy_experts": ("gauge", "experts out of service (their load failed)", (), None),
+    "workers_alive": ("gauge", "workers the scheduler plans on (lost ones rejoin when they answer again)", (), None),
     "worker_loads": ("counter", "models brought onto a worker's device, by how (load from disk, wake from host)",
                      ("worker", "how"), None),
     "worker_load_seconds": ("histogram", "seconds a worker spent bringing a model in", ("worker", "how"),
@@ -112,6 +113,11 @@ def aggregator_fallback(task: str) -> None:
 @_safe
 def unhealthy(n: int) -> None:
     _metric("unhealthy_experts").set(float(n))
+
+
+@_safe
+def workers_alive(n: int) -> None:
+    _metric("workers_alive").set(float(n))
 
 
 @_safe

@@ -46,6 +46,14 @@ class Overloaded(SkillMoEError):
     """The pool has as many questions admitted as it may hold; the caller should retry shortly."""
 
 
+class Unavailable(SkillMoEError):
+    """No worker of the pool is reachable now (their nodes are gone); the caller should retry shortly."""
+
+
+class WorkerLost(Exception):
+    """A worker stopped answering (its node died, or a job outlived its deadline): its jobs go elsewhere."""
+
+
 @dataclass
 class Work:
     """One routed question, as an ingress replica hands it over."""
@@ -90,6 +98,12 @@ class _WorkerView:
     #: residency predicted by the planner, summed over every job sent
     predicted_loads: int = 0
     predicted_wakes: int = 0
+    #: False from the moment it is found lost until it answers a probe again
+    alive: bool = True
+    node_id: str = ""
+    #: set when it is found lost: every job waiting on it gives up at once
+    lost: asyncio.Event | None = None
+    lost_since: float = 0.0
 
 
 def _split_items(items: Mapping[str, list[Item]], assignment: Assignment) -> dict[int, list[tuple[str, list[Item]]]]:
@@ -112,7 +126,8 @@ class Scheduler:
     def __init__(self, workers: Sequence[Any], limits: Limits, cost: Costs,
                  aggregators: Mapping[str, Any] | None = None, aggregator_names: Mapping[str, str] | None = None,
                  batch_window_s: float = 0.05, max_batch_size: int = 64, max_concurrent_batches: int = 2,
-                 max_pending: int = 10**9, aggregate_timeout_s: float = 600.0, attempts: int = 3):
+                 max_pending: int = 10**9, aggregate_timeout_s: float = 600.0, attempts: int = 3,
+                 job_timeout_factor: float = 4.0, job_timeout_min_s: float = 30.0, probe_interval_s: float = 2.0):
         self.workers = list(workers)
         self.limits = limits
         self.cost = cost
@@ -125,7 +140,14 @@ class Scheduler:
         self.max_pending = max_pending
         self.aggregate_timeout_s = aggregate_timeout_s
         self.attempts = attempts
+        #: a job is given up on (and its worker counted lost) after factor x its predicted finish, at least min_s
+        self.job_timeout_factor = job_timeout_factor
+        self.job_timeout_min_s = job_timeout_min_s
+        self.probe_interval_s = probe_interval_s
         self.views = {i: _WorkerView() for i in range(len(self.workers))}
+        #: (worker, seconds it was out) for every loss and return, for the pool view and benchmarks
+        self.events: list[dict[str, Any]] = []
+        self._prober: asyncio.Task | None = None
         #: expert -> why it is out of service (its load failed on a worker); routing avoids these
         self.unhealthy: dict[str, str] = {}
         self.usage: Counter[str] = Counter()
@@ -148,6 +170,7 @@ class Scheduler:
             v = self.views[s["wid"]]
             cheap = [n for n in s["resident"] if self.limits.trait(n).cheap]
             v.tiers = Tiers([n for n in s["resident"] if n not in cheap], list(s["parked"]), cheap)
+            v.node_id = s.get("node_id", v.node_id)
             self.unhealthy.update(s.get("failed", {}))
 
     @property
@@ -160,14 +183,25 @@ class Scheduler:
 
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch(self, items: Mapping[str, list[Item]], sampling: SamplingSettings) -> list[asyncio.Future]:
-        """Plan ``items`` (expert -> prompts) over the workers and send each worker its jobs in order.
+    def alive_workers(self) -> list[int]:
+        return [wid for wid, v in self.views.items() if v.alive]
 
-        Returns one future per job, resolving to (expert, items, result dict or the exception).
+    def _dispatch(self, items: Mapping[str, list[Item]], sampling: SamplingSettings) -> list[asyncio.Future]:
+        """Plan ``items`` (expert -> prompts) over the live workers and send each worker its jobs in order.
+
+        Returns one future per job, resolving to (expert, items, result dict or the exception); a job whose
+        worker is lost resolves to :class:`WorkerLost`, and the caller sends its items again.
         """
+        self._ensure_prober()
+        alive = self.alive_workers()
+        if not alive:
+            lost = len(self.views)
+            raise Unavailable(f"no worker of the pool is reachable ({lost} of {lost} lost with their nodes); "
+                              "the pool grows back when the cluster has room for its workers again - retry shortly")
         work = {e: len(v) for e, v in items.items() if v}
-        states = [WorkerState(wid, tuple(v.tiers.cheap + v.tiers.device), v.pending_s, self.limits.capacity,
-                              tuple(v.tiers.host)) for wid, v in self.views.items()]
+        states = [WorkerState(wid, tuple(self.views[wid].tiers.cheap + self.views[wid].tiers.device),
+                              self.views[wid].pending_s, self.limits.capacity, tuple(self.views[wid].tiers.host))
+                  for wid in alive]
         assignment = plan_grouped(work, states, self.cost, limits=self.limits)
         self.last_assignment = assignment
         futures: list[asyncio.Future] = []
@@ -176,6 +210,8 @@ class Scheduler:
             if not jobs:
                 continue
             view = self.views[wid]
+            if view.lost is None:
+                view.lost = asyncio.Event()
             outcome = assignment.predicted[wid]
             view.tiers = outcome.tiers.copy()
             view.predicted_loads += outcome.loads
@@ -186,17 +222,34 @@ class Scheduler:
                     + self.cost.generate(e, len(part))
                 view.pending_s += seconds
                 view.inflight += 1
+                deadline = self.job_timeout_min_s + self.job_timeout_factor * view.pending_s
                 ref = self.workers[wid].run_job.remote(e, part, sampling, names[i + 1:])
-                futures.append(asyncio.ensure_future(self._job(wid, e, part, ref, seconds)))
+                futures.append(asyncio.ensure_future(self._job(wid, e, part, ref, seconds, deadline)))
         return futures
 
-    async def _job(self, wid: int, expert: str, items: list[Item], ref: Any, seconds: float) -> tuple:
+    async def _job(self, wid: int, expert: str, items: list[Item], ref: Any, seconds: float,
+                   deadline_s: float = 1e9) -> tuple:
         view = self.views[wid]
+        assert view.lost is not None
+        lost = asyncio.ensure_future(view.lost.wait())
+        fut = asyncio.ensure_future(_await(ref))
         try:
-            result: Any = await ref
-        except Exception as exc:  # noqa: BLE001 - the worker died past its retries, or the job raised
-            result = exc
+            done, _ = await asyncio.wait({fut, lost}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+            if fut in done:
+                try:
+                    result: Any = fut.result()
+                except Exception as exc:  # noqa: BLE001 - the worker died past its retries, or the job raised
+                    result = exc
+                    if _actor_gone(exc):
+                        self._lose(wid, f"{type(exc).__name__} running {expert}")
+                        result = WorkerLost(f"worker {wid} died running {expert}")
+            else:
+                why = "its node is gone" if lost in done else f"a job of {expert} outlived its {deadline_s:.0f} s deadline"
+                self._lose(wid, why)
+                _cancel(ref)
+                result = WorkerLost(f"worker {wid} lost: {why}")
         finally:
+            lost.cancel()
             view.inflight -= 1
             view.pending_s = max(0.0, view.pending_s - seconds)
         if isinstance(result, dict):
@@ -207,6 +260,77 @@ class Scheduler:
                 self.adopt([result["state"]])
         return expert, items, result
 
+    # ------------------------------------------------------------------ losing and regaining workers
+
+    def _lose(self, wid: int, why: str) -> None:
+        """Stop planning on a worker: its queued jobs give up and go to the others."""
+        view = self.views[wid]
+        if not view.alive:
+            return
+        view.alive = False
+        view.lost_since = time.perf_counter()
+        view.tiers = Tiers()  # whatever it held is gone or unknown; it reports again when it is back
+        if view.lost is not None:
+            view.lost.set()
+        log.warning("worker %d lost (%s); %d of %d workers left", wid, why, len(self.alive_workers()),
+                    len(self.views))
+        self.events.append({"worker": wid, "event": "lost", "why": why, "at": time.time()})
+        metrics.workers_alive(len(self.alive_workers()))
+
+    def _regain(self, wid: int, state: dict[str, Any]) -> None:
+        view = self.views[wid]
+        out = time.perf_counter() - view.lost_since
+        view.alive = True
+        view.lost = asyncio.Event()
+        view.pending_s = 0.0
+        self.adopt([state])
+        log.warning("worker %d is back after %.1f s; %d of %d workers", wid, out, len(self.alive_workers()),
+                    len(self.views))
+        self.events.append({"worker": wid, "event": "back", "out_s": round(out, 3), "at": time.time()})
+        metrics.workers_alive(len(self.alive_workers()))
+
+    def _ensure_prober(self) -> None:
+        if self.probe_interval_s > 0 and (self._prober is None or self._prober.done()):
+            self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def _probe_forever(self) -> None:
+        """Lost nodes from Ray's node table, idle workers by a ping; lost workers that answer again rejoin."""
+        while True:
+            await asyncio.sleep(self.probe_interval_s)
+            try:
+                await self.probe()
+            except Exception:  # noqa: BLE001 - probing must never stop
+                log.debug("probe failed", exc_info=True)
+
+    async def probe(self) -> None:
+        import ray
+
+        try:
+            nodes = await asyncio.to_thread(ray.nodes)
+            dead_nodes = {n["NodeID"] for n in nodes if not n.get("Alive")}
+        except Exception:  # noqa: BLE001 - no node table (outside a cluster): rely on pings
+            dead_nodes = set()
+        pings = {}
+        for wid, v in self.views.items():
+            if v.alive and v.node_id and v.node_id in dead_nodes:
+                self._lose(wid, "its node died")
+            elif not v.alive or v.inflight == 0:  # a busy worker is judged by its jobs' deadlines instead
+                pings[wid] = asyncio.ensure_future(_await(self.workers[wid].state.remote()))
+        if not pings:
+            return
+        await asyncio.wait(pings.values(), timeout=self.probe_interval_s * 2)
+        for wid, fut in pings.items():
+            v = self.views[wid]
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                if not v.alive:
+                    self._regain(wid, fut.result())
+                else:
+                    v.node_id = fut.result().get("node_id", v.node_id)
+            else:
+                fut.cancel()
+                if v.alive and v.inflight == 0:
+                    self._lose(wid, "it does not answer")
+
     async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings, with_usage: bool = False) -> Any:
         """Run a whole plan at once (no micro-batching): cascade rounds, the keyword LLM, benchmarks.
 
@@ -216,18 +340,32 @@ class Scheduler:
         items = {e: [((qi, slot), req) for qi, slot, req in work] for e, work in plan.items()}
         texts: dict[tuple[int, int], str] = {}
         tokens = {"prompt_tokens": 0, "completion_tokens": 0}
-        for fut in asyncio.as_completed(self._dispatch(items, sampling)):
-            expert, part, result = await fut
-            if isinstance(result, BaseException):
-                raise user_error(result) or EngineError(f"expert {expert}: worker failed ({type(result).__name__})")
-            if result.get("errors"):
-                raise EngineError(next(iter(result["errors"].values())))
-            texts.update(result["texts"])
-            for p, c in result.get("usage", {}).values():
-                tokens["prompt_tokens"] += p
-                tokens["completion_tokens"] += c
-            self.usage.update({expert: len(result["texts"])})
+        pending = list(self._dispatch(items, sampling))
+        resent = 0
+        while pending:
+            done, rest = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            pending = list(rest)
+            for fut in done:
+                expert, part, result = fut.result()
+                if isinstance(result, WorkerLost) and resent < self.attempts * max(1, len(items)):
+                    resent += 1  # the same expert, on a worker that is still there
+                    pending += self._dispatch({expert: part}, sampling)
+                    continue
+                texts, tokens = self._take(expert, result, texts, tokens)
         return (texts, tokens) if with_usage else texts
+
+    def _take(self, expert: str, result: Any, texts: dict, tokens: dict) -> tuple[dict, dict]:
+        """A finished job's texts and tokens into the plan's; its errors raised."""
+        if isinstance(result, BaseException):
+            raise user_error(result) or EngineError(f"expert {expert}: worker failed ({type(result).__name__})")
+        if result.get("errors"):
+            raise EngineError(next(iter(result["errors"].values())))
+        texts.update(result["texts"])
+        for p, c in result.get("usage", {}).values():
+            tokens["prompt_tokens"] += p
+            tokens["completion_tokens"] += c
+        self.usage.update({expert: len(result["texts"])})
+        return texts, tokens
 
     # ------------------------------------------------------------------ questions
 
@@ -303,25 +441,47 @@ class Scheduler:
             for q, slot in todo:
                 if not q.experts:
                     self._finish_error(q, EngineError("no expert was recruited for this question"))
-            running += self._send(todo)
+            running += self._send_or_fail(todo)
             while running:
                 done, pending = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running = list(pending)
                 complete: list[_Open] = []
                 retry: list[tuple[_Open, int]] = []
+                resend: list[tuple[_Open, int]] = []
                 for fut in done:
                     expert, items, result = fut.result()
-                    self._collect(expert, items, result, complete, retry)
+                    self._collect(expert, items, result, complete, retry, resend)
                 if complete:
                     asyncio.get_running_loop().create_task(self._aggregate_and_answer(complete))
                 if retry:
-                    running += self._send(self._substitute(retry))
+                    running += self._send_or_fail(self._substitute(retry))
+                if resend:
+                    running += self._send_or_fail(self._count_resends(resend))
         except Exception as exc:  # noqa: BLE001 - a scheduler bug must not leave a question hanging
             log.exception("batch failed")
             for q in batch:
                 self._finish_error(q, exc)
         finally:
             self._batches_in_flight -= 1
+
+    def _send_or_fail(self, slots: Sequence[tuple[_Open, int]]) -> list[asyncio.Future]:
+        """Send slots; if no worker is left, their questions fail at once with a 503 that says why."""
+        try:
+            return self._send(slots)
+        except Unavailable as exc:
+            for q, _ in slots:
+                self._finish_error(q, exc)
+            return []
+
+    def _count_resends(self, slots: Sequence[tuple[_Open, int]]) -> list[tuple[_Open, int]]:
+        out = []
+        for q, slot in slots:
+            q.attempts += 1
+            if q.attempts > self.attempts * max(1, len(q.experts)) + len(self.views):
+                self._finish_error(q, Unavailable("the workers running this question kept being lost; retry shortly"))
+            else:
+                out.append((q, slot))
+        return out
 
     def _send(self, slots: Sequence[tuple[_Open, int]]) -> list[asyncio.Future]:
         by_sampling: dict[SamplingSettings, dict[str, list[Item]]] = {}
@@ -336,7 +496,13 @@ class Scheduler:
         return futures
 
     def _collect(self, expert: str, items: list[Item], result: Any, complete: list[_Open],
-                 retry: list[tuple[_Open, int]]) -> None:
+                 retry: list[tuple[_Open, int]], resend: list[tuple[_Open, int]]) -> None:
+        if isinstance(result, WorkerLost):  # the same expert again, on a worker that is still there
+            for (qid, slot), _ in items:
+                q = self._by_id.get(qid)
+                if q is not None and not q.future.done():
+                    resend.append((q, slot))
+            return
         if isinstance(result, BaseException):
             err = user_error(result) or EngineError(f"a worker running expert {expert} failed "
                                                       f"({type(result).__name__}); the request was not answered")
@@ -456,6 +622,26 @@ class Scheduler:
     def predicted_counts(self) -> dict[int, tuple[int, int]]:
         """Per worker, (loads, wakes) the planner predicted for every job sent so far."""
         return {wid: (v.predicted_loads, v.predicted_wakes) for wid, v in self.views.items()}
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
+
+
+def _actor_gone(exc: BaseException) -> bool:
+    """Ray's errors for an actor that died or cannot be reached (as opposed to an error its method raised)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"ActorDiedError", "ActorUnavailableError", "RayActorError", "ActorUnschedulableError"}) \
+        and not names & {"RayTaskError"}
+
+
+def _cancel(ref: Any) -> None:
+    try:
+        import ray
+
+        ray.cancel(ref)
+    except Exception:  # noqa: BLE001 - already finished or not cancellable
+        pass
 
 
 def limits_from(traits: Mapping[str, Mapping[str, Any]], capacity: int, host_budget_gb: float | None,

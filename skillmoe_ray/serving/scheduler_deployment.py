@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 #: the Ray namespace of the pool's named actors (a fixed one, so a restarted scheduler finds them)
 POOL_NAMESPACE = "skillmoe"
+POOL_VIEW_TIMEOUT_S = 5.0
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
 
 
 def pool_name(spec: AppSpec, app_name: str) -> str:
@@ -100,7 +105,9 @@ class SkillMoEScheduler:
         self.core = Scheduler(
             self.workers, limits_from(traits, sv.models_per_worker, sv.host_budget_gb, sv.prefetch),
             cost_model_for(experts), self.aggregators, agg_names, sv.batch_window_s, sv.max_batch_size,
-            sv.max_concurrent_batches, sv.max_pending, aggregate_timeout_s=sv.request_timeout_s)
+            sv.max_concurrent_batches, sv.max_pending, aggregate_timeout_s=sv.aggregator_timeout_s,
+            job_timeout_factor=sv.job_timeout_factor, job_timeout_min_s=sv.job_timeout_min_s,
+            probe_interval_s=sv.health_probe_s)
         self.core.adopt(states)
         self.attached = attached
         log.info("scheduler for %s: %d workers, %d aggregator actor(s), %d attached to from before",
@@ -126,8 +133,14 @@ class SkillMoEScheduler:
     async def pool(self) -> dict[str, Any]:
         import asyncio
 
-        infos = await asyncio.gather(*[w.info.remote() for w in self.workers], return_exceptions=True)
-        workers = [i if isinstance(i, dict) else {"wid": n, "status": f"unavailable ({type(i).__name__})"}
+        import ray
+
+        # a lost worker's call would wait for its restart: the view must answer regardless
+        infos = await asyncio.gather(*[asyncio.wait_for(_await(w.info.remote()), timeout=POOL_VIEW_TIMEOUT_S)
+                                       for w in self.workers], return_exceptions=True)
+        alive = set(self.core.alive_workers())
+        workers = [{**i, "alive": n in alive} if isinstance(i, dict) else
+                   {"wid": n, "alive": False, "status": f"unavailable ({type(i).__name__})"}
                    for n, i in enumerate(infos)]
         aggs = {}
         for task, actor in self.aggregators.items():
@@ -139,7 +152,9 @@ class SkillMoEScheduler:
                               f"unavailable ({type(exc).__name__}); answers fall back to a vote"}
         return {"workers": workers, "aggregators": aggs, "usage": dict(self.core.usage),
                 "unhealthy": dict(self.core.unhealthy), "served": self.core.served, "batches": self.core.batches,
-                "pending": self.core.pending, "predicted": self.core.predicted_counts()}
+                "pending": self.core.pending, "predicted": self.core.predicted_counts(),
+                "alive": self.core.alive_workers(), "events": list(self.core.events[-50:]),
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     def __del__(self) -> None:
         """Serve calls this when the application is deleted on purpose: then the pool goes with it."""

@@ -184,23 +184,16 @@ class ExpertWorker:
 
     def state(self) -> dict[str, Any]:
         """What the scheduler needs to plan on this worker, also after the scheduler restarts."""
-        return {"wid": self.wid, "resident": self.resident(), "parked": self.parked(), "loads": self.loads,
+        return {"wid": self.wid, "node_id": _node_id(), "resident": self.resident(), "parked": self.parked(),
+                "loads": self.loads,
                 "wakes": self.wakes, "jobs_done": self.jobs_done, "failed": dict(self.failed)}
 
     def info(self) -> dict[str, Any]:
-        node = ""
-        try:
-            import ray
-
-            if ray.is_initialized():
-                node = ray.get_runtime_context().get_node_id()
-        except Exception:  # noqa: BLE001 - outside Ray (tests, benchmarks) there is no node
-            pass
         return {
             "wid": self.wid,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "node_id": node,
+            "node_id": _node_id(),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "resident": self.resident(),
             "parked": self.parked(),
@@ -211,6 +204,16 @@ class ExpertWorker:
             "usage": dict(self.usage),
             "failed": dict(self.failed),
         }
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on ("" outside Ray: tests and benchmarks drive workers directly)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:  # noqa: BLE001
+        return ""
 
 
 class AggregatorWorker:
