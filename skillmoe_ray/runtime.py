@@ -97,22 +97,31 @@ class Runtime:
             meta.update(vocabulary=sk.vocabulary, top_n=sk.top_n)
         return meta
 
+    def saved_profiles(self, task: Task) -> Profiles | None:
+        """The saved profiles if they match this pool, extractor and settings; None if missing or stale."""
+        path = self.profiles_path(task)
+        if not path.is_file():
+            return None
+        try:
+            prof = Profiles.load(path)
+        except DataError as exc:
+            log.warning("ignoring unreadable profiles (%s)", exc)
+            return None
+        m = prof.meta
+        if m.get("pool_fingerprint") == self.fingerprint() and m.get("skills") == self._extractor_meta() \
+                and m.get("aggregation_mode") == self.cfg.aggregation.mode \
+                and m.get("profiling", {}) == self.cfg.profiling.model_dump():
+            return prof
+        log.info("profiles at %s were built for another pool or extractor", path)
+        return None
+
     def profiles(self, task: Task, rebuild: bool = False) -> Profiles:
         """Saved profiles when they match this pool and extractor, else build and save them."""
-        path = self.profiles_path(task)
-        if path.is_file() and not rebuild:
-            try:
-                prof = Profiles.load(path)
-                m = prof.meta
-                if m.get("pool_fingerprint") == self.fingerprint() and m.get("skills") == self._extractor_meta() \
-                        and m.get("aggregation_mode") == self.cfg.aggregation.mode \
-                        and m.get("profiling", {}) == self.cfg.profiling.model_dump():
-                    return prof
-                log.info("profiles at %s were built for another pool or extractor; rebuilding", path)
-            except DataError as exc:
-                log.warning("ignoring unreadable profiles (%s); rebuilding", exc)
+        prof = None if rebuild else self.saved_profiles(task)
+        if prof is not None:
+            return prof
         prof = self.build_profiles(task)
-        prof.save(path)
+        prof.save(self.profiles_path(task))
         return prof
 
     def profiling_questions(self, task: Task) -> list[Question]:

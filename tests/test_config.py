@@ -96,3 +96,20 @@ def test_cluster_yaml_matches_rays_cluster_schema():
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     jsonschema.validate(cluster, schema)
     assert any(t["max_workers"] >= 1 for n, t in cluster["available_node_types"].items() if n != cluster["head_node_type"])
+
+
+def test_a_deployment_without_profiles_fails_fast_naming_the_command(tmp_path):
+    """`serve run` / `serve deploy` never build profiles: the builder says which command does."""
+    import yaml
+
+    from skillmoe_ray.serving.builders import build_app
+
+    cfg = yaml.safe_load((ROOT / "deployments" / "recorded-mmlu-pro.yaml").read_text())
+    cfg["state_dir"] = str(tmp_path / "empty")
+    path = tmp_path / "no-profiles.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError) as e:
+        build_app({"config": str(path)})
+    msg = str(e.value)
+    assert "no profiles of task MMLU_Pro" in msg and f"skillmoe profile --config {path} --task MMLU_Pro" in msg
+    assert not (tmp_path / "empty").exists()  # nothing was built

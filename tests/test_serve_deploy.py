@@ -119,10 +119,16 @@ def test_serve_deploy_on_a_two_node_cluster_answers_and_shuts_down_cleanly():
     conf["http_options"].update(host="127.0.0.1", port=http_port)
     conf["proxy_location"] = "HeadOnly"
     app = conf["applications"][0]
-    app["args"]["config"] = str((ROOT / app["args"]["config"]).resolve())
-    app["args"]["state_dir"] = os.path.join(tmp, "state")
+    # the deployment file with a private state dir; its profiles are built by `skillmoe profile` beforehand,
+    # as a deployment never builds them itself
+    deployment = yaml.safe_load((ROOT / app["args"]["config"]).read_text())
+    deployment["state_dir"] = os.path.join(tmp, "state")
+    deployment_path = Path(tmp) / "deployment.yaml"
+    deployment_path.write_text(yaml.safe_dump(deployment))
+    app["args"]["config"] = str(deployment_path)
     conf_path = Path(tmp) / "serve.yaml"
     conf_path.write_text(yaml.safe_dump(conf))
+    run([str(BIN / "skillmoe"), "profile", "--config", str(deployment_path), "--task", "MMLU_Pro"], env)
     question = load_questions("MMLU_Pro", "test")[0].text
     try:
         run([ray_cli, "start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={tmp}",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
-from ..errors import SkillMoEError
+from ..errors import ConfigError, SkillMoEError
 
 #: the resource Ray puts on the head node only
 HEAD_NODE_RESOURCE = "node:__internal_head__"
@@ -37,8 +37,15 @@ def resolve_config_path(value: str) -> str:
     return str((root / p).resolve()) if (root / p).is_file() else str(p)
 
 
-def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = False) -> AppSpec:
-    """Load (or build, in this process) the profiles of every served task."""
+def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = False,
+             build_profiles: bool = False) -> AppSpec:
+    """The profiles of every served task, loaded here once and shipped with the application.
+
+    Missing or stale profiles are an error naming the command that builds them (``skillmoe profile``):
+    a deployment never builds them on its own, since on a real pool that means every model answering
+    the whole validation split. ``build_profiles`` builds them in this process instead, as
+    ``skillmoe serve`` does for a local run.
+    """
     from ..runtime import Runtime
     from ..tasks import get_task
 
@@ -46,16 +53,23 @@ def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = Fals
     profiles = {}
     for name in cfg.serving.tasks:
         task = get_task(name)
-        profiles[task.name] = rt.profiles(task).to_json()
+        prof = rt.profiles(task) if build_profiles else rt.saved_profiles(task)
+        if prof is None:
+            where = cfg.source or f"<the {cfg.name} deployment file>"
+            raise ConfigError(f"{where}: no profiles of task {task.name} for this pool (looked for "
+                              f"{rt.profiles_path(task)}); build them first with: "
+                              f"skillmoe profile --config {where} --task {task.name}")
+        profiles[task.name] = prof.to_json()
     return AppSpec(cfg, profiles, recorded_dir)
 
 
-def build_application(cfg: Config, recorded_dir: str | None = None, progress: bool = False) -> Any:
+def build_application(cfg: Config, recorded_dir: str | None = None, progress: bool = False,
+                      build_profiles: bool = True) -> Any:
     """The bound application: a one-replica scheduler that owns the pool, and N stateless ingress replicas."""
     from .ingress import SkillMoEIngress
     from .scheduler_deployment import SkillMoEScheduler
 
-    spec = app_spec(cfg, recorded_dir, progress)
+    spec = app_spec(cfg, recorded_dir, progress, build_profiles)
     placement: dict[str, Any] = {"num_cpus": 0}
     if cfg.serving.control_on_head:  # Ray gives the head node this resource (1 of it); a sliver pins there
         placement["resources"] = {HEAD_NODE_RESOURCE: 0.001}
@@ -75,4 +89,6 @@ def build_app(args: dict[str, str]) -> Any:
     cfg = load_config(resolve_config_path(args["config"]))  # fail here, with the file and field
     if args.get("state_dir"):
         cfg.state_dir = args["state_dir"]
-    return build_application(cfg, args.get("recorded_dir"))
+    # `serve run` / `serve deploy` (and KubeRay) never build profiles: `skillmoe profile` does, beforehand
+    build = str(args.get("build_profiles", "false")).lower() in ("1", "true", "yes")
+    return build_application(cfg, args.get("recorded_dir"), build_profiles=build)
