@@ -75,7 +75,6 @@ def main() -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
-    import yaml
     from ray import serve
     from ray.cluster_utils import Cluster
 

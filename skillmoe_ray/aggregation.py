@@ -21,6 +21,21 @@ def _same(task: Task | None) -> Callable[[str, str], bool]:
     return task.same_answer if task is not None else (lambda a, b: a == b)
 
 
+def group_answers(preds: Sequence[str | None], same: Callable[[str, str], bool]) -> list[list[int]]:
+    """Indices of equivalent answers, groups in order of first appearance; None (no answer) joins no group."""
+    groups: list[list[int]] = []
+    for i, p in enumerate(preds):
+        if p is None:
+            continue
+        for g in groups:
+            if same(preds[g[0]], p):  # type: ignore[arg-type]
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return groups
+
+
 def weighted_vote(
     preds: Sequence[str | None],
     weights: Sequence[float],
@@ -36,17 +51,7 @@ def weighted_vote(
     if len(preds) != len(weights):
         raise ValueError("preds and weights must have the same length")
     rank = list(rank) if rank is not None else list(range(len(preds)))
-    same = _same(task)
-    groups: list[list[int]] = []  # indices of equivalent answers
-    for i, p in enumerate(preds):
-        if p is None:
-            continue
-        for g in groups:
-            if same(preds[g[0]], p):
-                g.append(i)
-                break
-        else:
-            groups.append([i])
+    groups = group_answers(preds, _same(task))
     if not groups:
         return None
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Sequence
 
 from .aggregation import weighted_vote
 from .engines.base import GenerationRequest, SamplingSettings
 from .errors import ConfigError
 from .profiles import Profiles
 from .prompts import aggregation_prompt
+from .registry import Registry
 from .solution import ExpertAnswer
 from .tasks import Question, Task
 
@@ -44,34 +45,14 @@ class Aggregator(ABC):
         raise ConfigError(f"{cls.__name__} cannot be built from a deployment's aggregation section")
 
 
-AggregatorFactory = Callable[["AggregationConfig", Profiles], Aggregator]
-
 #: ``aggregation.mode`` -> how to build that aggregator from the config and the profiles
-AGGREGATORS: dict[str, AggregatorFactory] = {}
-
-A = TypeVar("A", bound=type[Aggregator])
-
-
-def register_aggregator(mode: str) -> Callable[[A], A]:
-    """Class decorator: the aggregator is built by ``AGGREGATORS[mode]`` through its ``from_config``."""
-
-    def register(cls: A) -> A:
-        if mode in AGGREGATORS:
-            raise ValueError(f"an aggregator is already registered as {mode!r}")
-        cls.mode = mode
-        AGGREGATORS[mode] = cls.from_config
-        return cls
-
-    return register
+AGGREGATORS = Registry("aggregator", "aggregation.mode", "mode")
+register_aggregator = AGGREGATORS.register
 
 
 def make_aggregator(aggregation: AggregationConfig, profiles: Profiles) -> Aggregator:
     """The aggregator a deployment's ``aggregation.mode`` names."""
-    try:
-        factory = AGGREGATORS[aggregation.mode]
-    except KeyError:
-        raise ConfigError(f"unknown aggregation.mode {aggregation.mode!r}; known: {', '.join(AGGREGATORS)}") from None
-    return factory(aggregation, profiles)
+    return AGGREGATORS.make(aggregation.mode, aggregation, profiles)
 
 
 @register_aggregator("vote")

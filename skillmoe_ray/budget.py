@@ -36,7 +36,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .aggregation import vote_settled
+from .aggregation import group_answers, vote_settled
 
 #: (right, seen) per expert and skill, as :func:`.recruitment.skill_accuracy` returns
 SkillCounts = Mapping[str, Mapping[str, tuple[float, float]]]
@@ -235,17 +235,7 @@ def cascade_outcome(
 
 def ordered_vote(preds: Sequence[str | None], same: Same | None = None) -> str | None:
     """Majority vote; ties go to the answer given first."""
-    eq = same or (lambda a, b: a == b)
-    groups: list[list[int]] = []
-    for i, p in enumerate(preds):
-        if p is None:
-            continue
-        for g in groups:
-            if eq(preds[g[0]], p):
-                g.append(i)
-                break
-        else:
-            groups.append([i])
+    groups = group_answers(preds, same or (lambda a, b: a == b))
     if not groups:
         return None
     return preds[min(groups, key=lambda g: (-len(g), g[0]))[0]]

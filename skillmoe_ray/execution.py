@@ -15,8 +15,8 @@ from typing import Mapping, Protocol, Sequence
 from tqdm import tqdm
 
 from .engines.base import Engine, GenerationRequest, SamplingSettings
-from .errors import ConfigError
-from .scheduling.residency import Limits, ModelTraits, Tiers, step
+from .errors import ConfigError, EngineError
+from .scheduling.residency import Limits, Tiers, step, traits_of
 
 
 #: (question position, slot) -> request, grouped by expert
@@ -45,8 +45,6 @@ class Executor(Protocol):
 
     def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]: ...
 
-    def engine(self, name: str) -> Engine: ...
-
 
 class LocalExecutor:
     """Runs a plan in this process, one expert at a time, each loaded once per batch.
@@ -65,9 +63,7 @@ class LocalExecutor:
         #: expert -> why it is out of service (a load failed); routing avoids these
         self.unhealthy: dict[str, str] = {}
         self.tiers = Tiers()
-        self.limits = Limits(capacity=1, host_budget_gb=0.0, traits={
-            n: ModelTraits(float(e.size_gb or 0.0), e.can_park, e.can_prefetch, e.cheap_residency)
-            for n, e in self.engines.items()})
+        self.limits = Limits(capacity=1, host_budget_gb=0.0, traits={n: traits_of(e) for n, e in self.engines.items()})
 
     @property
     def expert_names(self) -> list[str]:
@@ -100,6 +96,25 @@ class LocalExecutor:
             for (qi, slot, _), text in zip(work, texts):
                 out[(qi, slot)] = text
         return out
+
+
+def substitute_unhealthy(selections: Sequence[Sequence[str]], order: Sequence[str],
+                         unhealthy: Mapping[str, str]) -> list[list[str]]:
+    """Each unhealthy expert replaced by the first healthy one in ``order`` its question does not have yet."""
+    if not unhealthy or not any(e in unhealthy for sel in selections for e in sel):
+        return [list(s) for s in selections]
+    healthy = [e for e in order if e not in unhealthy]
+    if not healthy:
+        raise EngineError(f"every expert of the pool is out of service: {describe_unhealthy(unhealthy)}")
+    out = []
+    for sel in selections:
+        new: list[str] = []
+        for e in sel:
+            if e in unhealthy:
+                e = next((h for h in healthy if h not in new and h not in sel), healthy[0])
+            new.append(e)
+        out.append(new)
+    return out
 
 
 def describe_unhealthy(unhealthy: Mapping[str, str]) -> str:

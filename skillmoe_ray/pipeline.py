@@ -18,7 +18,7 @@ from typing import Sequence
 from .aggregators import Aggregator
 from .engines.base import GenerationRequest, SamplingSettings
 from .errors import EngineError
-from .execution import Executor, ExpertPlan, describe_unhealthy, group_by_expert
+from .execution import Executor, ExpertPlan, describe_unhealthy, group_by_expert, substitute_unhealthy
 from .prompts import expert_prompt
 from .routers import Router
 from .skills.extract import SkillAligner, SkillExtractor
@@ -112,21 +112,7 @@ class Pipeline:
 
     def avoid_unhealthy(self, selections: Sequence[Sequence[str]]) -> list[list[str]]:
         """Each unhealthy expert is replaced by the best-ranked healthy one the question does not have yet."""
-        bad = self.executor.unhealthy
-        if not bad:
-            return [list(s) for s in selections]
-        healthy = [e for e in self._fallback_order() if e not in bad]
-        if not healthy:
-            raise EngineError(f"every expert of the pool is out of service: {describe_unhealthy(bad)}")
-        out = []
-        for sel in selections:
-            new = []
-            for e in sel:
-                if e in bad:
-                    e = next((h for h in healthy if h not in new and h not in sel), healthy[0])
-                new.append(e)
-            out.append(new)
-        return out
+        return substitute_unhealthy(selections, self._fallback_order(), self.executor.unhealthy)
 
     def _run_healing(self, selections: list[list[str]], requests: Sequence[GenerationRequest],
                      sampling: SamplingSettings, attempts: int = 3) -> dict[tuple[int, int], str]:

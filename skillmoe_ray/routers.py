@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .aggregation import vote_settled
 from .budget import agreement_settled, apply_budget, choose_prior_strength, expert_sizes, order_experts, shrunk_accuracy
 from .errors import ConfigError
 from .profiles import Profiles
 from .recruitment import route_calibrated, route_fixed, route_paper, route_random, route_top_by_weight, skill_accuracy
+from .registry import Registry
 from .tasks import Question, Task
 
 if TYPE_CHECKING:
@@ -59,34 +60,14 @@ class Router(ABC):
         raise ConfigError(f"{cls.__name__} cannot be built from a deployment's routing section")
 
 
-RouterFactory = Callable[["RoutingConfig", Profiles], Router]
-
 #: ``routing.strategy`` -> how to build that router from the config and the profiles
-ROUTERS: dict[str, RouterFactory] = {}
-
-R = TypeVar("R", bound=type[Router])
-
-
-def register_router(name: str) -> Callable[[R], R]:
-    """Class decorator: the router is built by ``ROUTERS[name]`` through its ``from_config``."""
-
-    def register(cls: R) -> R:
-        if name in ROUTERS:
-            raise ValueError(f"a router is already registered as {name!r}")
-        cls.strategy = name
-        ROUTERS[name] = cls.from_config
-        return cls
-
-    return register
+ROUTERS = Registry("router", "routing.strategy", "strategy")
+register_router = ROUTERS.register
 
 
 def make_router(routing: RoutingConfig, profiles: Profiles) -> Router:
     """The router a deployment's ``routing.strategy`` names."""
-    try:
-        factory = ROUTERS[routing.strategy]
-    except KeyError:
-        raise ConfigError(f"unknown routing.strategy {routing.strategy!r}; known: {', '.join(ROUTERS)}") from None
-    return factory(routing, profiles)
+    return ROUTERS.make(routing.strategy, routing, profiles)
 
 
 @register_router("fixed")

@@ -44,13 +44,14 @@ def test_placement_strategy_is_a_serving_setting(tmp_path):
 def test_pool_name_changes_with_the_placement_strategy():
     """A scheduler started with another strategy must not attach to workers placed under the old one."""
     from skillmoe_ray.config import load_config
-    from skillmoe_ray.serving.builders import AppSpec
+    from skillmoe_ray.pool import pool_experts
     from skillmoe_ray.serving.scheduler_deployment import pool_name
 
     cfg = load_config(RECORDED_CONFIG)
-    before = pool_name(AppSpec(cfg), "app")
+    experts = pool_experts(cfg)
+    before = pool_name(cfg, experts, "app")
     cfg.serving.placement_strategy = "SPREAD"
-    assert pool_name(AppSpec(cfg), "app") != before
+    assert pool_name(cfg, experts, "app") != before
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ disagree about what a plan costs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 Action = tuple[Literal["park", "release"], str]
 Bring = Literal["resident", "wake", "load"]
@@ -33,6 +33,13 @@ class ModelTraits:
     can_prefetch: bool = False
     #: keeping it loaded costs nothing worth swapping for (recordings): outside the device budget
     cheap: bool = False
+
+
+def traits_of(engine: Any, size_gb: float | None = None) -> ModelTraits:
+    """An engine's declared traits (``size_gb``, ``can_park``, ``can_prefetch``, ``cheap_residency``) as plain
+    data; ``size_gb`` stands in when the engine does not know its size."""
+    return ModelTraits(float(engine.size_gb or size_gb or 0.0), engine.can_park, engine.can_prefetch,
+                       engine.cheap_residency)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from ray import serve
 
 from ..aggregators import Aggregator
 from ..engines.base import SamplingSettings
-from ..errors import EngineError, SkillMoEError
+from ..errors import SkillMoEError
 from ..execution import ExpertPlan
 from ..pipeline import Pipeline, expert_requests
 from ..solution import ExpertAnswer
@@ -74,9 +74,6 @@ class SchedulerExecutor:
         UsageMeter.record(usage)
         self._checked = 0.0  # a load may have failed: look again next time
         return texts
-
-    def engine(self, name: str) -> Any:
-        raise EngineError("models live on the worker actors; there is no local engine in a served deployment")
 
 
 class SchedulerAggregator(Aggregator):

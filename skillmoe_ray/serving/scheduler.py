@@ -26,10 +26,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Mapping, Sequence
 
-from ..aggregation import weighted_vote
+from ..aggregators import VoteAggregator
 from ..engines.base import GenerationRequest, SamplingSettings
 from ..errors import EngineError, SkillMoEError
-from ..execution import ExpertPlan, describe_unhealthy
+from ..execution import ExpertPlan, describe_unhealthy, substitute_unhealthy
 from ..solution import ExpertAnswer
 from ..scheduling.planner import Assignment, Costs, WorkerState, plan_grouped
 from ..scheduling.residency import Limits, ModelTraits, Tiers
@@ -399,15 +399,7 @@ class Scheduler:
         if work.direct:  # asked for by name: no one else answers in its place
             raise EngineError(f"expert {work.experts[0]} is out of service: {self.unhealthy[work.experts[0]]}")
         order = list(work.ranking) + [e for e in self.expert_names if e not in work.ranking]
-        healthy = [e for e in order if e not in self.unhealthy]
-        if not healthy:
-            raise EngineError(f"every expert of the pool is out of service: {describe_unhealthy(self.unhealthy)}")
-        out: list[str] = []
-        for e in work.experts:
-            if e in self.unhealthy:
-                e = next((h for h in healthy if h not in out and h not in work.experts), healthy[0])
-            out.append(e)
-        return out
+        return substitute_unhealthy([work.experts], order, self.unhealthy)[0]
 
     async def _form_batches(self) -> None:
         """Micro-batches across every replica's questions: by window and size, a bounded number in flight."""
@@ -608,12 +600,9 @@ class Scheduler:
             why = "no aggregator actor"
         task = get_task(task_name)
         out = []
-        for i, ans in enumerate(answers):
-            rank = {e: r for r, e in enumerate((rankings[i] if rankings else []))}
-            pred = weighted_vote([a.pred for a in ans], [1.0] * len(ans), [rank.get(a.expert, len(rank)) for a in ans],
-                                 task)
-            response = next((a.response for a in ans if a.pred is not None and pred is not None
-                             and task.same_answer(a.pred, pred)), ans[0].response if ans else "")
+        for i, (q, ans) in enumerate(zip(questions, answers)):
+            vote = VoteAggregator(rankings[i] if rankings else [])
+            pred, response, _ = vote.aggregate(task, [q], [ans], None, seed)[0]  # type: ignore[arg-type]
             out.append((pred, response, f"vote (fallback: {why})"))
         return out, [(0, 0)] * len(out)
 
@@ -680,9 +669,6 @@ class RayExecutor:
 
     def run(self, plan: ExpertPlan, sampling: SamplingSettings) -> dict[tuple[int, int], str]:
         return self.call(self.scheduler.run_plan(plan, sampling))
-
-    def engine(self, name: str) -> Any:
-        raise EngineError("models live on the worker actors; there is no local engine in a served deployment")
 
     def close(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

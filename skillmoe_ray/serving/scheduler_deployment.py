@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from ray import serve
 
+from ..config import Config, ExpertConfig
 from ..engines.base import SamplingSettings
 from ..errors import ConfigError
 from ..execution import ExpertPlan
@@ -25,7 +26,7 @@ from ..aggregators import log_odds_weights
 from ..tasks import Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
 from .builders import AppSpec
-from .scheduler import Scheduler, Work, limits_from
+from .scheduler import Scheduler, Work, _await, limits_from
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,8 @@ POOL_NAMESPACE = "skillmoe"
 POOL_VIEW_TIMEOUT_S = 5.0
 
 
-async def _await(ref: Any) -> Any:
-    return await ref
-
-
-def pool_name(spec: AppSpec, app_name: str) -> str:
+def pool_name(cfg: Config, experts: Sequence[ExpertConfig], app_name: str) -> str:
     """Actor names for this pool: the app, and a digest of what the pool is, so a changed config starts afresh."""
-    cfg = spec.cfg
-    experts = pool_experts(cfg, spec.recorded_dir)
     what = json.dumps({"pool": pool_fingerprint(experts), "serving": cfg.serving.model_dump(),
                        "aggregation": cfg.aggregation.model_dump()}, sort_keys=True, default=str)
     return f"skillmoe:{app_name}:{cfg.name}:{hashlib.sha256(what.encode()).hexdigest()[:10]}"
@@ -73,7 +68,7 @@ class SkillMoEScheduler:
             app_name = serve.get_replica_context().app_name
         except Exception:  # noqa: BLE001 - outside a replica (tests build it directly)
             app_name = "skillmoe"
-        name = pool_name(spec, app_name)
+        name = pool_name(cfg, experts, app_name)
         namespace = POOL_NAMESPACE
         self.workers, self.pg, attached = start_workers(
             experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, data_dir, sv.models_per_worker,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Hashable, Sequence
 
 from ..config import ExpertConfig
@@ -24,7 +24,7 @@ from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..engines.registry import create_engine
 from ..errors import EngineError, SkillMoEError
 from . import metrics
-from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step
+from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step, traits_of
 
 #: (item key, request): the key comes back with the item's text
 Item = tuple[Hashable, GenerationRequest]
@@ -64,16 +64,12 @@ class ExpertWorker:
             e = self._engine(name)
         except Exception:  # noqa: BLE001 - a broken expert fails at load, where it is reported
             return ModelTraits(size_gb=float(size or 0.0))
-        return ModelTraits(size_gb=float(e.size_gb or size or 0.0), can_park=e.can_park,
-                           can_prefetch=e.can_prefetch, cheap=e.cheap_residency)
+        return traits_of(e, size)
 
     def add_engine(self, engine: Engine) -> None:
         """Put a ready-made engine in the pool (benchmarks and tests build their own)."""
         self.engines[engine.name] = engine
-        self.limits = Limits(self.limits.capacity, self.limits.host_budget_gb,
-                             {**self.limits.traits, engine.name: ModelTraits(
-                                 float(engine.size_gb or 0.0), engine.can_park, engine.can_prefetch,
-                                 engine.cheap_residency)}, self.limits.prefetch, self.limits.release_after)
+        self.limits = replace(self.limits, traits={**self.limits.traits, engine.name: traits_of(engine)})
 
     def traits(self) -> dict[str, dict[str, Any]]:
         """Every model's traits, for the planner's copy of the residency policy."""
