@@ -21,6 +21,23 @@ def test_balances_finishing_times():
     assert a.finish_s[0] == a.finish_s[1] == 40.0 and a.makespan_s == 40.0
 
 
+def test_split_pieces_are_sized_so_workers_finish_together():
+    """One expert with most of the batch, split over workers of which some also load a second expert: equal pieces
+    would leave those last; the pieces are resized instead, with the same loads and the same prompts in all."""
+    cost = CostModel(load_s={"big": 36, "mid": 36, "small": 36}, per_prompt_s={"big": 8, "mid": 8, "small": 0.5},
+                     batch_overhead_s=25)
+    work = {"big": 422, "mid": 112, "small": 60}
+    a = plan_grouped(work, [WorkerState(i) for i in range(8)], cost)
+    assert {e: sum(sh.get(e, 0) for sh in a.shares.values()) for e in work} == work
+    assert all(n >= 1 for sh in a.shares.values() for n in sh.values())
+    spread = max(a.finish_s.values()) - min(a.finish_s.values())
+    assert spread <= 8 + 8, a.finish_s  # within about one prompt of each other
+    equal = sorted({a.shares[w]["big"] for w in a.shares if "big" in a.shares[w]})
+    assert len(equal) > 1  # not the equal split
+    # the residency prediction is that of the same job lists: one load per piece
+    assert a.loads == sum(len(j) for j in a.jobs.values())
+
+
 def test_prefers_the_worker_where_an_expert_is_resident():
     work = {"a": 2, "b": 2}
     a = plan_grouped(work, [WorkerState(0, frozenset({"b"})), WorkerState(1, frozenset({"a"}))], COST)

@@ -165,6 +165,11 @@ class CostConstants:
 QUOTED_LENGTH = re.compile(r"\[simulated reasoning: (\d+) tokens\]")
 
 
+def quoted_tokens(req: GenerationRequest) -> int:
+    """Simulated answers a prompt quotes (an aggregator's or a later MoA layer's) make it this much longer."""
+    return sum(int(m) for msg in req.messages for m in QUOTED_LENGTH.findall(msg.get("content", "")))
+
+
 class Clock:
     """Where simulated time goes: slept for real (scaled) or added to a virtual total."""
 
@@ -322,8 +327,7 @@ class SimulatedEngine(Engine):
 
     def prompt_tokens(self, req: GenerationRequest) -> float:
         """The question's ``prompt_tokens`` plus the simulated lengths of the answers the prompt quotes."""
-        quoted = sum(int(m) for msg in req.messages for m in QUOTED_LENGTH.findall(msg.get("content", "")))
-        return self.spec.constants.prompt_tokens + quoted
+        return self.spec.constants.prompt_tokens + quoted_tokens(req)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
         self.ensure_loaded()

@@ -19,11 +19,12 @@ Two families of strategies:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from ..config import ExpertConfig
-from ..engines.simulated import CostConstants, spec_from_args
+from ..engines.base import GenerationRequest
+from ..engines.simulated import CostConstants, quoted_tokens, spec_from_args
 from .planner import WorkerState, plan_grouped
 
 
@@ -40,8 +41,10 @@ class SimulatedCosts:
     pool: Mapping[str, ModelCost]
     max_tokens: int = 4096
     tp: int = 1
-    #: mean prompt length of the batch (None: each model's ``prompt_tokens``, a question alone)
+    #: mean prompt length of the batch (None: each model's ``prompt_tokens``, a question alone, plus ``quoted``)
     prompt_tokens: float | None = None
+    #: per model, the mean length of the simulated answers its prompts in this batch quote
+    quoted: Mapping[str, float] = field(default_factory=dict)
 
     def load(self, expert: str) -> float:
         m = self.pool[expert]
@@ -55,7 +58,14 @@ class SimulatedCosts:
         return self.pool[expert].constants.release_s
 
     def generate(self, expert: str, n: int) -> float:
-        return self.pool[expert].constants.generate_s(n, self.max_tokens, self.tp, self.prompt_tokens)
+        c = self.pool[expert].constants
+        prompt = self.prompt_tokens if self.prompt_tokens is not None else c.prompt_tokens + self.quoted.get(expert, 0.0)
+        return c.generate_s(n, self.max_tokens, self.tp, prompt)
+
+    def for_batch(self, max_tokens: int, requests: Mapping[str, Sequence[GenerationRequest]]) -> "SimulatedCosts":
+        """What the simulated engines will spend on this batch: its max_tokens, and its prompts' quoted answers."""
+        quoted = {e: sum(quoted_tokens(r) for r in reqs) / len(reqs) for e, reqs in requests.items() if reqs}
+        return replace(self, max_tokens=max_tokens, prompt_tokens=None, quoted=quoted)
 
     def quoting(self, reader: str, groups: Sequence[Sequence[str]]) -> float:
         """Mean prompt length when ``reader`` reads, for each prompt, the answers of one group of models
@@ -161,7 +171,10 @@ def planner_s(selections: Sequence[Sequence[str]], aggregator: str | None, costs
         return experts.makespan_s
     agg = replace(costs, max_tokens=costs.max_tokens if agg_max_tokens is None else agg_max_tokens,
                   prompt_tokens=costs.quoting(aggregator, selections))
-    return experts.makespan_s + plan_grouped({aggregator: len(selections)}, states, agg).makespan_s
+    # the aggregator's batch starts where the experts left the workers: whoever holds the aggregator keeps it
+    after = [WorkerState(i, tuple(o.tiers.cheap + o.tiers.device), parked=tuple(o.tiers.host))
+             for i, o in sorted(experts.predicted.items())]
+    return experts.makespan_s + plan_grouped({aggregator: len(selections)}, after, agg).makespan_s
 
 
 # ---------------------------------------------------------------- calibration

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol, Sequence
 
+from ..engines.base import GenerationRequest
 from .residency import Limits, Outcome, Tiers, after_job, simulate, step
 
 
@@ -25,6 +26,11 @@ class Costs(Protocol):
     def wake(self, expert: str) -> float: ...
 
     def generate(self, expert: str, n: int) -> float: ...
+
+    def for_batch(self, max_tokens: int, requests: Mapping[str, Sequence[GenerationRequest]]) -> "Costs":
+        """The same model for one batch: its sampling's ``max_tokens`` and its prompts (an aggregator's quote the
+        experts' answers and run far longer or shorter than a question's)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ class CostModel:
 
     def generate(self, expert: str, n: int) -> float:
         return self.batch_overhead_s + n * self.per_prompt_s.get(expert, self.default_per_prompt_s) if n else 0.0
+
+    def for_batch(self, max_tokens: int, requests: Mapping[str, Sequence[GenerationRequest]]) -> "CostModel":
+        """Per-prompt seconds here are measured figures with no length model behind them: the same for any batch."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -150,10 +160,62 @@ def _list_schedule(work: Mapping[str, int], parts: Mapping[str, int], workers: S
     # the prediction: each worker's whole job list through the policy, with the look-ahead the worker has
     predicted = {wid: simulate(start[wid], jobs[wid], lim[wid]) for wid in jobs}
     busy = {w.wid: w.busy_s for w in workers}
-    finish = {wid: busy[wid] + sum(_bring_cost(cost, e, b) + cost.generate(e, shares[wid][e])
-                                   for e, b in zip(jobs[wid], predicted[wid].brings)) for wid in jobs}
+    _rebalance(jobs, shares, predicted, busy, cost)
+    finish = {wid: _finish(wid, jobs, shares, predicted, busy, cost) for wid in jobs}
     loads = sum(o.loads for o in predicted.values())
     return Assignment(jobs, finish, loads, shares, predicted)
+
+
+def _finish(wid: int, jobs: Mapping[int, list[str]], shares: Mapping[int, Mapping[str, int]],
+            predicted: Mapping[int, Outcome], busy: Mapping[int, float], cost: Costs) -> float:
+    return busy[wid] + sum(_bring_cost(cost, e, b) + cost.generate(e, shares[wid][e])
+                           for e, b in zip(jobs[wid], predicted[wid].brings))
+
+
+def _rebalance(jobs: Mapping[int, list[str]], shares: dict[int, dict[str, int]], predicted: Mapping[int, Outcome],
+               busy: Mapping[int, float], cost: Costs) -> None:
+    """Even out the workers' finishing times by moving prompts of split experts between their pieces.
+
+    Equal pieces leave the workers that paid a load (or carry a second job)
+    finishing last while the others idle. Pieces stay where the expert runs,
+    so a move changes no load, wake or job order (the residency prediction
+    stands), only generation times. Each move balances one pair of workers
+    that share an expert, so the makespan never grows; repeated, the moves
+    spread slack along chains of shared experts. Mutates ``shares``.
+    """
+    finish = {wid: _finish(wid, jobs, shares, predicted, busy, cost) for wid in jobs}
+    split = [e for e in {e for j in jobs.values() for e in j} if sum(e in sh for sh in shares.values()) > 1]
+    for _ in range(64 * max(1, len(jobs))):
+        best: tuple[float, str, int, int, int] | None = None
+        for e in split:
+            holders = [w for w, sh in shares.items() if e in sh]
+            for hi_w in holders:
+                for lo_w in holders:
+                    n_h, n_l = shares[hi_w][e], shares[lo_w][e]
+                    if finish[hi_w] <= finish[lo_w] or n_h < 2:
+                        continue
+                    gen_h, gen_l = cost.generate(e, n_h), cost.generate(e, n_l)
+
+                    def after(m: int) -> tuple[float, float]:
+                        return (finish[hi_w] - gen_h + cost.generate(e, n_h - m),
+                                finish[lo_w] - gen_l + cost.generate(e, n_l + m))
+
+                    lo, hi = 1, n_h - 1  # the largest move that leaves the busier worker no earlier than the other
+                    while lo < hi:
+                        mid = (lo + hi + 1) // 2
+                        h_after, l_after = after(mid)
+                        lo, hi = (mid, hi) if h_after >= l_after else (lo, mid - 1)
+                    for m in {lo, min(lo + 1, n_h - 1)}:
+                        gain = finish[hi_w] - max(after(m))
+                        if gain > 1e-6 and (best is None or gain > best[0]):
+                            best = (gain, e, hi_w, lo_w, m)
+        if best is None:
+            return
+        _, e, hi_w, lo_w, m = best
+        shares[hi_w][e] -= m
+        shares[lo_w][e] += m
+        finish[hi_w] = _finish(hi_w, jobs, shares, predicted, busy, cost)
+        finish[lo_w] = _finish(lo_w, jobs, shares, predicted, busy, cost)
 
 
 def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: Costs,

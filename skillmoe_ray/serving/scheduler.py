@@ -202,7 +202,8 @@ class Scheduler:
         states = [WorkerState(wid, tuple(self.views[wid].tiers.cheap + self.views[wid].tiers.device),
                               self.views[wid].pending_s, self.limits.capacity, tuple(self.views[wid].tiers.host))
                   for wid in alive]
-        assignment = plan_grouped(work, states, self.cost, limits=self.limits)
+        cost = self.cost.for_batch(sampling.max_tokens, {e: [req for _, req in v] for e, v in items.items() if v})
+        assignment = plan_grouped(work, states, cost, limits=self.limits)
         self.last_assignment = assignment
         futures: list[asyncio.Future] = []
         for wid, jobs in _split_items(items, assignment).items():
@@ -218,8 +219,8 @@ class Scheduler:
             view.predicted_wakes += outcome.wakes
             names = [e for e, _ in jobs]
             for i, ((e, part), bring) in enumerate(zip(jobs, outcome.brings)):
-                seconds = (0.0 if bring == "resident" else self.cost.wake(e) if bring == "wake" else self.cost.load(e)) \
-                    + self.cost.generate(e, len(part))
+                seconds = (0.0 if bring == "resident" else cost.wake(e) if bring == "wake" else cost.load(e)) \
+                    + cost.generate(e, len(part))
                 view.pending_s += seconds
                 view.inflight += 1
                 deadline = self.job_timeout_min_s + self.job_timeout_factor * view.pending_s
@@ -292,6 +293,16 @@ class Scheduler:
     def _ensure_prober(self) -> None:
         if self.probe_interval_s > 0 and (self._prober is None or self._prober.done()):
             self._prober = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    async def stop_probing(self) -> None:
+        """Cancel the health prober (its loop is about to stop: a task left pending would be destroyed)."""
+        if self._prober is not None and not self._prober.done():
+            self._prober.cancel()
+            try:
+                await self._prober
+            except asyncio.CancelledError:
+                pass
+        self._prober = None
 
     async def _probe_forever(self) -> None:
         """Lost nodes from Ray's node table, idle workers by a ping; lost workers that answer again rejoin."""
@@ -671,5 +682,7 @@ class RayExecutor:
         return self.call(self.scheduler.run_plan(plan, sampling))
 
     def close(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.scheduler.stop_probing(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
