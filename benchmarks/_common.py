@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,38 @@ def machine() -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired):
         info["gpus"] = []
     return info
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cluster(nodes: int, gpus_per_node: int, cpus_per_node: float):
+    """A private multi-node Ray cluster on this machine (Ray's own ``ray.cluster_utils.Cluster``), connected.
+
+    The head has no GPUs, like a cluster whose head runs only the control plane;
+    each of ``nodes`` worker nodes is its own raylet with ``gpus_per_node``
+    logical GPUs. Each node's agent gets a port of its own (the default one is
+    shared by every node of a machine). Call ``cluster.shutdown()`` after
+    ``ray.shutdown()``.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False,
+                                                            "dashboard_agent_listen_port": free_port()})
+    try:
+        added = [cluster.add_node(num_cpus=cpus_per_node, num_gpus=gpus_per_node,
+                                  dashboard_agent_listen_port=free_port()) for _ in range(nodes)]
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster, added
 
 
 def sim_state_dir() -> str:

@@ -28,6 +28,7 @@ system: one worker per GPU, grouped, load-balanced, long jobs split, no sleep),
     python benchmarks/latency.py --quick     # < 5 minutes: W = 1 and 4 measured
     python benchmarks/latency.py             # all figures: W = 1, 2, 4, 8 measured
     python benchmarks/latency.py --real      # real models: the CPU pool on vLLM CPU, 4 questions
+    python benchmarks/latency.py --nodes 2   # the planner on 1 node x 8 GPUs and on 2 nodes x 4 (multi-node)
 
 With ``--real`` the pool is ``deployments/local-cpu.yaml`` (four small
 packaged models on vLLM's CPU build) on the first few GPQA test questions:
@@ -37,7 +38,7 @@ GPQA profiles (built on first use, or by ``benchmarks/accuracy.py --real``),
 and takes about 20 minutes on 2 cores.
 
 Writes benchmarks/results/latency-sim.{json,md,png} (``--quick``: latency-sim-quick.*; ``--real``:
-latency-real-cpu.{json,md}).
+latency-real-cpu.{json,md}; ``--nodes``: latency-sim-nodes.{json,md}).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, markdown_table, sim_state_dir, write_results  # noqa: E402
+from _common import RESULTS, markdown_table, sim_state_dir, start_cluster, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = {"naive@1": 196.92, "grouped@1": 25.76, "grouped@4": 10.85, "moa@1": 45.98, "moa@4": 21.66}
@@ -188,7 +189,7 @@ def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
 
 
 def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: float, plan_costs,
-          n_naive: int, reference: bool, prefetch: bool = False) -> dict:
+          n_naive: int, reference: bool, prefetch: bool = False, placement: str = "PACK") -> dict:
     """Start worker actors for ``experts``, run one strategy, and stop them; wall seconds and load counts."""
     import ray
 
@@ -198,7 +199,8 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
     host_budget = 0.0 if reference else None
     fetch = prefetch and not reference
     handles, pg, _ = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
-                                   host_budget_gb=host_budget, prefetch=fetch, release_after=reference, timeout_s=600)
+                                   host_budget_gb=host_budget, prefetch=fetch, release_after=reference, timeout_s=600,
+                                   strategy=placement)
     executor = None
     try:
         ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
@@ -214,10 +216,11 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
             executor.close()
         stop_actors(handles, pg)
     return {"wall_s": wall, "questions": n, "loads": sum(i["loads"] for i in infos),
-            "load_seconds": sum(i["load_seconds"] for i in infos)}
+            "load_seconds": sum(i["load_seconds"] for i in infos), "nodes": len({i["node_id"] for i in infos})}
 
 
-def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive: int) -> dict:
+def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive: int,
+            placement: str = "PACK") -> dict:
     """Wall seconds of one strategy through the serving path, converted to simulated seconds per question."""
     reference = strategy != "planner"
     experts = []
@@ -231,7 +234,7 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
     n_actors, gpus = (1, workers) if reference else (workers, 1)
     plan_costs = replace(fitted.with_constants(release_s=REFERENCE_RELEASE_S if reference else 0.0),
                          tp=workers if reference else 1)
-    m = timed(s, experts, strategy, n_actors, gpus, 0.5, plan_costs, n_naive, reference)
+    m = timed(s, experts, strategy, n_actors, gpus, 0.5, plan_costs, n_naive, reference, placement=placement)
     return {**m, "per_question_s": m["wall_s"] / scale / m["questions"]}
 
 
@@ -295,6 +298,67 @@ def main_real(args) -> int:
     return 0
 
 
+def main_nodes(args) -> int:
+    """The planner across nodes: the same W workers on one node and spread over ``--nodes`` nodes, in one run.
+
+    Both layouts are private ``ray.cluster_utils.Cluster`` clusters (a GPU-less
+    head plus worker nodes, each its own raylet), so the only difference is
+    whether a worker's node is shared: workers are placed with SPREAD, so at
+    W >= nodes every node runs some. Efficiency at W is (s/q at 1) / (W x s/q at
+    W), each layout against its own W = 1; the predicted column is the planner's
+    own makespan, which knows nothing of nodes.
+    """
+    import ray
+
+    measured_w = [int(w) for w in (args.workers or "1,2,4,8").split(",")]
+    scale = args.scale or 0.004
+    most = max(measured_w)
+    per_node = -(-most // args.nodes)
+    layouts = [("1 node", 1, most), (f"{args.nodes} nodes", args.nodes, per_node)]
+    s = setup(args.config, sim_state_dir())
+    fitted, _, _ = calibrate(s)
+    predicted = {w: predict(s, fitted, "planner", w) for w in measured_w}
+    rows: dict = {}
+    for label, nodes, gpus in layouts:
+        cluster, _ = start_cluster(nodes, gpus_per_node=gpus, cpus_per_node=-(-gpus // 2) + 1)
+        try:
+            for w in measured_w:
+                m = measure(s, fitted, "planner", w, scale, 0, placement="SPREAD")
+                rows[(label, w)] = m
+                print(f"  {label}: W={w} planner {m['per_question_s']:7.2f} s/q on {m['nodes']} node(s) "
+                      f"({m['wall_s']:.1f} s wall, predicted {predicted[w]:.2f})", flush=True)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+
+    def eff(sq1: float, w: int, sqw: float) -> str:
+        return f"{100 * sq1 / (w * sqw):.0f}%"
+
+    table = []
+    for w in measured_w:
+        cells = [w, f"{predicted[w]:.2f}", eff(predicted[measured_w[0]], w, predicted[w])]
+        for label, _, _ in layouts:
+            m, base = rows[(label, w)], rows[(label, measured_w[0])]
+            cells += [f"{m['per_question_s']:.2f}", m["nodes"], eff(base["per_question_s"], w, m["per_question_s"])]
+        table.append(cells)
+    headers = ["workers", "predicted s/q", "predicted efficiency"]
+    for label, _, _ in layouts:
+        headers += [f"{label}: s/q", "nodes used", "efficiency"]
+    md = markdown_table(headers, table)
+    print("\n" + md)
+    setting = (f"The planner on GPQA test ({len(s['questions'])} questions), the paper-scale pool of "
+               f"{len(s['rt'].experts)} simulated experts, through the serving path (planner, scheduler, worker "
+               f"actors), one worker per logical GPU placed with SPREAD. Layouts: one node with {most} GPUs, and "
+               f"{args.nodes} nodes with {per_node} GPUs each, each behind a GPU-less head. Time scale {scale}. "
+               f"Efficiency at W = (s/q at W=1) / (W x s/q at W).")
+    payload = {"setting": setting, "scale": scale, "nodes": args.nodes, "gpus_per_node": per_node,
+               "rows": [{"layout": label, "workers": w, "predicted": predicted[w], **m}
+                        for (label, w), m in rows.items()]}
+    jpath, mpath = write_results(args.name or "latency-sim-nodes", payload, f"{setting}\n\n{md}\n")
+    print(f"\nwrote {jpath}, {mpath}")
+    return 0
+
+
 def plot(rows: dict, worker_counts: list[int], path: Path) -> bool:
     try:
         import matplotlib
@@ -350,9 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-max-tokens", type=int, default=128,
                     help="max_tokens of the experts for --real (the aggregator gets twice this; default 128, so a "
                          "run fits in ~20 minutes on 2 cores; 0 keeps the config's)")
+    ap.add_argument("--nodes", type=int, default=None,
+                    help="measure the planner only, on one node and spread over this many nodes (a local multi-node "
+                         "ray.cluster_utils.Cluster), W = 1,2,4,8 unless --workers; writes latency-sim-nodes.*")
     args = ap.parse_args(argv)
     if args.real:
         return main_real(args)
+    if args.nodes:
+        return main_nodes(args)
     args.name = args.name or ("latency-sim-quick" if args.quick else "latency-sim")
     measured_w = [int(w) for w in (args.workers or ("1,4" if args.quick else "1,2,4,8")).split(",")]
     scale = args.scale or (0.001 if args.quick else 0.004)

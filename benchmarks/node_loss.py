@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -33,15 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, write_results  # noqa: E402
+from _common import free_port, markdown_table, start_cluster, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict, timeout: float) -> int:
@@ -76,19 +69,14 @@ def main() -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from skillmoe_ray.config import load_config
     from skillmoe_ray.serving.builders import build_application
     from skillmoe_ray.tasks import load_questions
 
     tmp = Path(tempfile.mkdtemp(prefix="skillmoe-nodeloss-"))
-    # every node's agent on a port of its own (the default one is shared by all nodes of a machine)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False,
-                                                            "dashboard_agent_listen_port": _free_port()})
-    gpu_nodes = [cluster.add_node(num_cpus=2, num_gpus=2, dashboard_agent_listen_port=_free_port()) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-    port = _free_port()
+    cluster, gpu_nodes = start_cluster(2, gpus_per_node=2, cpus_per_node=2)
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     rows: list[tuple[float, float, int]] = []
     out: dict = {}
@@ -140,7 +128,7 @@ def main() -> int:
         pool_after = _get(f"{url}/v1/pool")
         # capacity returns: a new GPU node; the lost workers' bundles are placed there and they rejoin
         t_add = time.perf_counter()
-        cluster.add_node(num_cpus=2, num_gpus=2, dashboard_agent_listen_port=_free_port())
+        cluster.add_node(num_cpus=2, num_gpus=2, dashboard_agent_listen_port=free_port())
         grown = float("nan")
         while time.perf_counter() - t_add < 120:
             if _get(f"{url}/v1/pool")["workers_alive"] == 4:

@@ -54,19 +54,25 @@ def test_pool_name_changes_with_the_placement_strategy():
     assert pool_name(cfg, experts, "app") != before
 
 
-@pytest.mark.slow
-def test_workers_spread_or_pack_over_nodes_and_answer_a_plan():
+def run_scenario(name: str, timeout_s: float = 400) -> dict:
+    """This file run as a script with ``name``, on a private Ray temp dir; the JSON it prints last."""
     tmp = tempfile.mkdtemp(prefix="smc", dir="/tmp")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)
     try:
-        proc = subprocess.run([sys.executable, __file__], env=env, cwd=str(ROOT), capture_output=True,
-                              text=True, timeout=400)
+        proc = subprocess.run([sys.executable, __file__, name], env=env, cwd=str(ROOT), capture_output=True,
+                              text=True, timeout=timeout_s)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Ray's own log lines (a raylet's, at shutdown) may follow the scenario's JSON on stdout
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+
+@pytest.mark.slow
+def test_workers_spread_or_pack_over_nodes_and_answer_a_plan():
+    out = run_scenario("placement")
     head, gpu_nodes = out["head"], out["gpu_nodes"]
     assert len(set(gpu_nodes)) == 2 and head not in gpu_nodes
     for case in out["cases"]:
@@ -89,6 +95,91 @@ def test_workers_spread_or_pack_over_nodes_and_answer_a_plan():
         assert len([w for w, e in case["planned"].items() if e]) >= 2, label
     assert "cannot place 3 workers" in out["unplaceable"] and "STRICT_SPREAD" in out["unplaceable"]
     print(f"cluster placement subprocess: {out['seconds']:.1f} s")
+
+
+@pytest.mark.slow
+def test_replicas_on_another_node_answer_with_what_the_deployer_shipped():
+    """The deploying process (a driver on the head node) loads the profiles and the config; then its state
+    folder and its copy of the deployment file are deleted, and the ingress and scheduler replicas start on
+    another node. They answer, so everything they needed came with the application, and nothing was built
+    or written again (the state folder stays gone)."""
+    out = run_scenario("elsewhere")
+    assert out["ingress_nodes"] and set(out["ingress_nodes"]) == {out["other_node"]}, out
+    assert out["scheduler_nodes"] == [out["other_node"]], out
+    assert out["other_node"] != out["deployer_node"]
+    assert out["status"] == 200 and out["answer"] and len(out["experts"]) >= 1, out
+    assert not out["state_dir_exists"] and not out["config_exists"], out
+    print(f"replicas elsewhere subprocess: {out['seconds']:.1f} s")
+
+
+def replicas_elsewhere() -> None:
+    """Run in the subprocess: a head and one other node; the application is built on the head, its files
+    deleted, and its replicas placed on the other node by a custom resource."""
+    import json as _json
+    import socket
+    import time
+    import urllib.request
+
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from skillmoe_ray.config import load_config
+    from skillmoe_ray.serving.builders import app_spec
+    from skillmoe_ray.serving.ingress import SkillMoEIngress
+    from skillmoe_ray.serving.scheduler_deployment import SkillMoEScheduler
+    from skillmoe_ray.tasks import load_questions
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="skillmoe-elsewhere-"))
+    config = work / "deployment.yaml"
+    shutil.copy(RECORDED_CONFIG, config)
+    cluster = Cluster(initialize_head=True, head_node_args=dict(
+        num_cpus=2, num_gpus=0, include_dashboard=False, dashboard_agent_listen_port=free_port()))
+    try:
+        other = cluster.add_node(num_cpus=2, resources={"elsewhere": 1}, dashboard_agent_listen_port=free_port())
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+        cfg = load_config(config)
+        cfg.state_dir = str(work / "state")
+        cfg.serving.control_on_head = False
+        spec = app_spec(cfg, build_profiles=True)  # what `skillmoe profile` leaves, loaded by the deployer
+        shutil.rmtree(work / "state")
+        config.unlink()
+        there = {"num_cpus": 0, "resources": {"elsewhere": 0.01}}  # what a Serve config's ray_actor_options says
+        scheduler = SkillMoEScheduler.options(ray_actor_options=there).bind(spec)
+        app = SkillMoEIngress.options(num_replicas=2, ray_actor_options=there).bind(scheduler, spec)
+        serve.run(app, name="elsewhere", route_prefix="/")
+        question = load_questions("MMLU_Pro", "test")[5].text
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/solve", method="POST",
+                                     data=_json.dumps({"question": question}).encode(),
+                                     headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            status, body = r.status, _json.loads(r.read())
+        from ray._private import state as ray_state
+
+        placed: dict[str, list[str]] = {"SkillMoEIngress": [], "SkillMoEScheduler": []}
+        for actor in ray_state.actors().values():
+            for cls in placed:
+                if actor.get("State") == "ALIVE" and actor.get("ActorClassName", "").endswith(cls):
+                    placed[cls].append(actor["Address"]["NodeID"])
+        print(_json.dumps({
+            "deployer_node": ray.get_runtime_context().get_node_id(), "other_node": other.node_id,
+            "ingress_nodes": placed["SkillMoEIngress"], "scheduler_nodes": placed["SkillMoEScheduler"],
+            "status": status, "answer": body.get("answer"), "experts": body.get("experts", []),
+            "state_dir_exists": (work / "state").exists(), "config_exists": config.exists(),
+            "seconds": time.monotonic() - t0}))
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -171,4 +262,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    main()
+    {"placement": main, "elsewhere": replicas_elsewhere}[sys.argv[1] if len(sys.argv) > 1 else "placement"]()
