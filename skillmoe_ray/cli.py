@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", required=True, help="deployment YAML, e.g. deployments/recorded-mmlu-pro.yaml")
-        sp.add_argument("--task", required=True, help="MMLU_Pro, GPQA, MedMCQA or AIME24")
+        sp.add_argument("--task", required=True,
+                        help="a built-in task (MMLU_Pro, GPQA, MedMCQA, AIME24) or one the deployment defines")
         sp.add_argument("--recorded-dir", help="use the <model>.jsonl.gz recordings in DIR as the pool")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -94,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runtime import Runtime
-    from .tasks import get_task
 
     if args.command == "models":
         return _models(args)
@@ -107,8 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         serve_forever(args.config, cfg, args.host or cfg.serving.host, args.port or cfg.serving.port, args.address,
                       args.recorded_dir)
         return 0
-    task = get_task(args.task)
     rt = Runtime.from_config(cfg, recorded_dir=args.recorded_dir, progress=not args.quiet)
+    task = rt.task(args.task)
 
     if args.command == "profile":
         prof = rt.profiles(task, rebuild=args.force)
