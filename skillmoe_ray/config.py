@@ -24,6 +24,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def relative_to(source: Path | None, value: str) -> Path:
+    """A path written in the file ``source``: relative to that file's folder (to the working directory
+    when there is no file)."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or source is None:
+        return p
+    return (source.parent / p).resolve()
+
+
 # ---------------------------------------------------------------- task definitions
 
 
@@ -128,10 +137,8 @@ class TaskSpec(_Strict):
         return self
 
     def path(self, value: str) -> Path:
-        p = Path(value).expanduser()
-        if p.is_absolute() or self.source is None:
-            return p
-        return (self.source.parent / p).resolve()
+        """A data path of this definition, relative to the file it is defined in."""
+        return relative_to(self.source, value)
 
 
 class TaskFile(_Strict):
@@ -328,10 +335,7 @@ class Config(_Strict):
 
     def resolve_path(self, value: str) -> Path:
         """Paths inside a config are relative to the config file's folder."""
-        p = Path(value).expanduser()
-        if p.is_absolute() or self.source is None:
-            return p
-        return (self.source.parent / p).resolve()
+        return relative_to(self.source, value)
 
     def benchmarks_dir(self) -> Path | None:
         return None if self.data_dir == "builtin" else self.resolve_path(self.data_dir)
@@ -397,9 +401,7 @@ def _task_specs(raw: Any, path: Path) -> tuple[list[TaskSpec], list[tuple[Path, 
     where: list[tuple[Path, str]] = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
-            file = Path(item).expanduser()
-            if not file.is_absolute() and here is not None:
-                file = here.parent / file
+            file = relative_to(here, item)
             if not file.is_file():
                 raise ConfigError(f"{path}: tasks.{i}: file of task definitions not found ({file})")
             found = load_task_file(file)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
 
 from . import answers
 from .errors import DataError
@@ -62,8 +62,9 @@ class AnswerFormat(ABC):
     def is_correct(self, pred: str, gold: str) -> bool: ...
 
     def same(self, a: str, b: str) -> bool:
-        """Whether two extracted answers are one vote."""
-        return a == b
+        """Whether two extracted answers are one vote: equal as the gold answer and a prediction would be
+        (equivalent math, numbers within the tolerance, text up to case)."""
+        return a == b or self.is_correct(b, a)
 
     @abstractmethod
     def instruction(self) -> str:
@@ -116,9 +117,6 @@ class BoxedFormat(AnswerFormat):
     def is_correct(self, pred: str, gold: str) -> bool:
         return answers.math_equal(gold, pred)
 
-    def same(self, a: str, b: str) -> bool:
-        return answers.math_equal(a, b)  # equivalent expressions are one vote
-
     def instruction(self) -> str:
         return (_REASON + '"The answer is \\boxed{X}", where X is the final answer, at the end of your response.')
 
@@ -136,17 +134,10 @@ class NumberFormat(AnswerFormat):
     def extract(self, text: str) -> str | None:
         return answers.extract_number(text, self.field)
 
-    def _equal(self, a: str, b: str) -> bool:
-        x, y = answers.parse_number(a), answers.parse_number(b)
-        if x is None or y is None:
-            return False
-        return answers.numbers_equal(x, y, self.tolerance, self.relative_tolerance)
-
     def is_correct(self, pred: str, gold: str) -> bool:
-        return self._equal(pred, gold)
-
-    def same(self, a: str, b: str) -> bool:
-        return a == b or self._equal(a, b)
+        x, y = answers.parse_number(pred), answers.parse_number(gold)
+        return x is not None and y is not None and answers.numbers_equal(x, y, self.tolerance,
+                                                                         self.relative_tolerance)
 
     def instruction(self) -> str:
         stated = f"{self.field}: N" if self.field else "The answer is N"
@@ -169,9 +160,6 @@ class ExactFormat(AnswerFormat):
 
     def is_correct(self, pred: str, gold: str) -> bool:
         return answers.normalize_text(pred) == answers.normalize_text(gold)
-
-    def same(self, a: str, b: str) -> bool:
-        return answers.normalize_text(a) == answers.normalize_text(b)
 
     def instruction(self) -> str:
         return _REASON + '"The answer is X", where X is the final answer, at the end of your response.'
@@ -378,8 +366,22 @@ def builtin_benchmarks_dir() -> Path:
 # ---------------------------------------------------------------- data files
 
 
+def jsonl_objects(lines: Iterable[str], path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file; errors name the file and line."""
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{n}: expected an object")
+        yield n, row
+
+
 def _rows(path: Path) -> list[tuple[str, object]]:
-    """(where, row) of a JSON list or a JSONL file; ``where`` is "item i" or "line n"."""
+    """(where, row) of a JSON list or a JSONL file; ``where`` is "<path>: item i" or "<path>:<line>"."""
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     try:
@@ -387,33 +389,25 @@ def _rows(path: Path) -> list[tuple[str, object]]:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text file") from None
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"line {n}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
-        return rows
+        return [(f"{path}:{n}", row) for n, row in jsonl_objects(text.splitlines(), path)]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of questions (or a .jsonl file), got {type(data).__name__}")
-    return [(f"item {i}", row) for i, row in enumerate(data)]
+    return [(f"{path}: item {i}", row) for i, row in enumerate(data)]
 
 
-def _gold(row: dict, path: Path, where: str) -> str | None:
+def _gold(row: dict, where: str) -> str | None:
     golds = [(k, row[k]) for k in ("gold", "gold_answer") if row.get(k) is not None]
     if len(golds) == 2 and str(golds[0][1]) != str(golds[1][1]):
-        raise DataError(f"{path}: {where}: fields 'gold' and 'gold_answer' disagree; give one")
+        raise DataError(f"{where}: fields 'gold' and 'gold_answer' disagree; give one")
     if not golds:
         return None
     key, gold = golds[0]
     if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
-        raise DataError(f"{path}: {where}: field {key!r} must be a string or a number")
+        raise DataError(f"{where}: field {key!r} must be a string or a number")
     return str(gold)
 
 
@@ -429,19 +423,19 @@ def load_questions(task: str | Task, split: Split, data_dir: str | Path | None =
     out: list[Question] = []
     for i, (where, row) in enumerate(_rows(path)):
         if not isinstance(row, dict):
-            raise DataError(f"{path}: {where}: expected an object with 'question' and 'gold'")
+            raise DataError(f"{where}: expected an object with 'question' and 'gold'")
         text = row.get("question")
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}: {where}: field 'question' must be a non-empty string")
-        gold = _gold(row, path, where)
+            raise DataError(f"{where}: field 'question' must be a non-empty string")
+        gold = _gold(row, where)
         if gold is not None:
             why = task_obj.answer.gold_error(gold)
             if why:
-                raise DataError(f"{path}: {where}: gold answer {gold!r} {why} (task {task_obj.name}, "
+                raise DataError(f"{where}: gold answer {gold!r} {why} (task {task_obj.name}, "
                                 f"answer type {task_obj.answer_format})")
         category = row.get("category")
         if category is not None and not isinstance(category, str):
-            raise DataError(f"{path}: {where}: field 'category' must be a string")
+            raise DataError(f"{where}: field 'category' must be a string")
         out.append(Question(task=task_obj.name, split=split, index=i, text=text, gold=gold, category=category))
     return out
 

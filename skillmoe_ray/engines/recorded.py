@@ -17,12 +17,11 @@ same chain of thought, where a live model sampling at 0.7 would vary.
 from __future__ import annotations
 
 import gzip
-import json
 from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError, EngineError
-from ..tasks import Catalogue, Task, catalogue_or_builtin, load_questions
+from ..tasks import Catalogue, Task, catalogue_or_builtin, jsonl_objects, load_questions
 from .base import Engine, GenerationRequest, SamplingSettings
 
 
@@ -43,15 +42,7 @@ def read_recording(path: Path) -> dict[tuple[str, int], str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected an object")
+            for lineno, row in jsonl_objects(fh, path):
                 split, index, response = row.get("split"), row.get("index"), row.get("response")
                 if split not in ("train", "test"):
                     raise DataError(f"{path}:{lineno}: field 'split' must be 'train' or 'test', got {split!r}")
