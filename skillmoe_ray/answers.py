@@ -89,3 +89,136 @@ def math_equal(gold: str, pred: str) -> bool:
         return bool(verify(gold_parsed, pred_parsed))
     except Exception:  # math-verify raises on unparsable input; that is "not equal"
         return False
+
+
+# ---------------------------------------------------------------- numbers
+
+#: a number as written in a response: an optional sign (not a hyphen inside a word or after a digit, and
+#: right before the digits: "10 - 5" is two numbers), then a simple fraction, thousands with commas, or a
+#: plain or decimal number with an optional exponent
+_NUMBER = re.compile(
+    r"(?<![\w.])(?P<sign>[-+\u2212]?)"
+    r"(?P<num>\d+\s*/\s*\d+(?![\d,]|\.\d)"
+    r"|\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)"
+    r"|\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+    r"|\.\d+)"
+)
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(-?\d+)\s*\}")
+
+
+def _to_float(sign: str, num: str) -> float | None:
+    num = num.replace(",", "").replace(" ", "")
+    try:
+        if "/" in num:
+            top, bottom = num.split("/")
+            value = int(top) / int(bottom)
+        else:
+            value = float(num)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return -value if sign in ("-", "\u2212") else value
+
+
+def format_number(value: float) -> str:
+    """The canonical text of a number: ``1234`` for 1,234.0, ``0.75`` for 3/4."""
+    if value == int(value) and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+def _numbers(text: str) -> list[float]:
+    text = _LATEX_FRAC.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)
+    out = []
+    for m in _NUMBER.finditer(text):
+        value = _to_float(m.group("sign"), m.group("num"))
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def parse_number(text: str | int | float | None) -> float | None:
+    """A gold answer (or any short text holding one number) as a float; None if it holds none or several.
+
+    ``"1,234"``, ``"-3.5"``, ``"3/4"``, ``"$12"``, ``"50%"``, ``"\\frac{1}{2}"`` all parse.
+    """
+    if text is None or isinstance(text, bool):
+        return None
+    if isinstance(text, (int, float)):
+        return float(text) if text == text else None
+    found = _numbers(str(text))
+    return found[0] if len(found) == 1 else None
+
+
+def last_number(text: str) -> float | None:
+    found = _numbers(text)
+    return found[-1] if found else None
+
+
+def extract_number(text: str, field: str | None = None) -> str | None:
+    """The answer as a canonical number: after the last ``<field>:`` if a field is named, else the last
+    number in the response (after any thinking section)."""
+    if not text:
+        return None
+    text = strip_thinking(text)
+    if field:
+        value = None
+        for m in _field_pattern(field).finditer(text):
+            # the last "<field>:" wins; on its line, the first number is the answer ("Answer: 42 apples, 6 left")
+            found = _numbers(m.group(1))
+            value = found[0] if found else None
+        return None if value is None else format_number(value)
+    value = last_number(text)
+    return None if value is None else format_number(value)
+
+
+@lru_cache(maxsize=64)
+def _field_pattern(field: str) -> re.Pattern[str]:
+    # "Answer: 42", "**Answer:** 42", "Answer = 42"; the rest of the line is where the number is
+    return re.compile(rf"(?i)(?<!\w)\**{re.escape(field)}\**\s*[:=]\s*\**([^\n]*)")
+
+
+def numbers_equal(a: float, b: float, tolerance: float = 0.0, relative: float = 0.0) -> bool:
+    """Equal within an absolute ``tolerance`` or a ``relative`` one (of the larger magnitude)."""
+    return abs(a - b) <= max(tolerance, relative * max(abs(a), abs(b)))
+
+
+# ---------------------------------------------------------------- text
+
+_STATED = re.compile(r"(?i)answer is|answer:")
+
+
+def normalize_text(text: str) -> str:
+    """Case-folded, whitespace collapsed, markdown emphasis, surrounding quotes and a final period removed."""
+    text = " ".join(text.replace("*", " ").split()).strip()
+    text = text.strip("\"'`\u201c\u201d\u2018\u2019 ")
+    text = text.rstrip(".").strip()
+    return text.strip("\"'`\u201c\u201d\u2018\u2019 ").casefold()
+
+
+def extract_stated(text: str) -> str | None:
+    """What follows the last "answer is" / "Answer:" on its line, or None."""
+    if not text:
+        return None
+    text = strip_thinking(text)
+    last = None
+    for m in _STATED.finditer(text):
+        last = m
+    if last is None:
+        return None
+    found = text[last.end():].split("\n", 1)[0]
+    found = " ".join(found.replace("*", " ").split()).strip().rstrip(".").strip()
+    found = found.strip("\"'`\u201c\u201d\u2018\u2019 ")
+    return found or None
+
+
+def extract_regex(text: str, pattern: re.Pattern[str]) -> str | None:
+    """Group 1 of the last match of ``pattern``, stripped; None if it never matches."""
+    if not text:
+        return None
+    found = None
+    for m in pattern.finditer(strip_thinking(text)):
+        if m.group(1) is not None and m.group(1).strip():
+            found = m.group(1).strip()
+    return found

@@ -21,6 +21,16 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _methods(text: str) -> list[str]:
     return [m.strip() for m in text.split(",") if m.strip()]
 
@@ -32,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", required=True, help="deployment YAML, e.g. deployments/recorded-mmlu-pro.yaml")
-        sp.add_argument("--task", required=True, help="MMLU_Pro, GPQA, MedMCQA or AIME24")
+        sp.add_argument("--task", required=True,
+                        help="a built-in task (MMLU_Pro, GPQA, MedMCQA, AIME24) or one the deployment defines")
         sp.add_argument("--recorded-dir", help="use the <model>.jsonl.gz recordings in DIR as the pool")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -46,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, help="write the results as JSON here")
     sp.add_argument("--methods", type=_methods, help="only these methods (comma-separated)")
     sp.add_argument("--rebuild-profiles", action="store_true")
+
+    sp = sub.add_parser("record", help="record the pool's answers to a task's questions (a recorded pool; resumable)")
+    sp.add_argument("--config", required=True, help="deployment YAML whose pool answers")
+    sp.add_argument("--task", required=True, help="a built-in task or one the deployment defines")
+    sp.add_argument("--split", default="train,test", help="splits, comma-separated: train (= validation), test")
+    sp.add_argument("--out", type=Path, help="recordings folder (default: recorded/<task> next to the config)")
+    sp.add_argument("--limit", type=_positive, help="only the first N questions of each split")
+    sp.add_argument("--experts", type=_methods, help="only these experts (comma-separated; default: the pool)")
+    sp.add_argument("--batch-size", type=_positive, default=8, help="questions per generate call (default 8)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sp = sub.add_parser("generate", help="ask one expert of a pool a question and print its answer")
     sp.add_argument("--config", required=True, help="deployment YAML")
@@ -94,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runtime import Runtime
-    from .tasks import get_task
 
     if args.command == "models":
         return _models(args)
@@ -107,8 +127,10 @@ def _run(args: argparse.Namespace) -> int:
         serve_forever(args.config, cfg, args.host or cfg.serving.host, args.port or cfg.serving.port, args.address,
                       args.recorded_dir)
         return 0
-    task = get_task(args.task)
+    if args.command == "record":
+        return _record(args, cfg)
     rt = Runtime.from_config(cfg, recorded_dir=args.recorded_dir, progress=not args.quiet)
+    task = rt.task(args.task)
 
     if args.command == "profile":
         prof = rt.profiles(task, rebuild=args.force)
@@ -128,6 +150,25 @@ def _run(args: argparse.Namespace) -> int:
             print(f"results written to {args.out}")
         return 0
     raise AssertionError(args.command)
+
+
+def _record(args: argparse.Namespace, cfg) -> int:
+    import time
+
+    from .record import default_out, format_summary, record
+    from .runtime import Runtime
+    from .tasks import splits_of
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the progress bar, not vLLM's start-up chatter
+    rt = Runtime.from_config(cfg, progress=not args.quiet)
+    task = rt.task(args.task)
+    out = args.out or default_out(rt, task)
+    t0 = time.perf_counter()
+    results = record(rt, task, splits_of(args.split), out, args.limit, args.experts, args.batch_size,
+                     progress=not args.quiet)
+    print(format_summary(task, out, results))
+    print(f"took {time.perf_counter() - t0:.0f} s")
+    return 1 if any(r.error for r in results) else 0
 
 
 def _generate(args: argparse.Namespace, cfg) -> int:

@@ -7,8 +7,10 @@ the field and what was expected.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +22,132 @@ EngineKind = Literal["recorded", "vllm", "transformers", "simulated"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def relative_to(source: Path | None, value: str) -> Path:
+    """A path written in the file ``source``: relative to that file's folder (to the working directory
+    when there is no file)."""
+    p = Path(value).expanduser()
+    if p.is_absolute() or source is None:
+        return p
+    return (source.parent / p).resolve()
+
+
+# ---------------------------------------------------------------- task definitions
+
+
+class ChoiceAnswer(_Strict):
+    """A letter among ``options`` choices, read from the first "answer is (X)" (the MMLU-Pro harness's rule)."""
+
+    type: Literal["choice"]
+    options: int = Field(ge=2, le=10)
+
+
+class BoxedAnswer(_Strict):
+    """The last ``\\boxed{...}``, compared with math-verify."""
+
+    type: Literal["boxed"]
+
+
+class NumberAnswer(_Strict):
+    """A number: after the last ``<field>:`` when ``field`` is set, else the last number of the response;
+    equal to the gold within ``tolerance`` (absolute) or ``relative_tolerance`` (of the larger magnitude)."""
+
+    type: Literal["number"]
+    field: str | None = Field(default=None, min_length=1)
+    tolerance: float = Field(default=1e-6, ge=0)
+    relative_tolerance: float = Field(default=0.0, ge=0, lt=1)
+
+
+class ExactAnswer(_Strict):
+    """The text after the last "answer is" or "Answer:", equal to the gold ignoring case, spacing,
+    quotes and a final period."""
+
+    type: Literal["exact"]
+
+
+class RegexAnswer(_Strict):
+    """Group 1 of the last match of ``pattern``, compared as exact text."""
+
+    type: Literal["regex"]
+    pattern: str = Field(min_length=1)
+    ignore_case: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _one_group(cls, v: str) -> str:
+        try:
+            compiled = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+        if compiled.groups != 1:
+            raise ValueError(f"needs exactly one capture group (the answer), has {compiled.groups}")
+        return v
+
+
+AnswerSpec = Annotated[Union[ChoiceAnswer, BoxedAnswer, NumberAnswer, ExactAnswer, RegexAnswer],
+                       Field(discriminator="type")]
+ANSWER_TYPES = ("choice", "boxed", "number", "exact", "regex")
+
+
+class TaskData(_Strict):
+    """Data files, JSON (a list) or JSONL (one object a line) of ``{question, gold[, category]}``; paths
+    are relative to the file the task is defined in. ``validation`` builds the profiles."""
+
+    validation: str = Field(min_length=1)
+    test: str | None = Field(default=None, min_length=1)
+
+
+_TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class TaskSpec(_Strict):
+    """One task: its data, how its answers are read and compared, and what experts are told."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    data: TaskData
+    answer: AnswerSpec
+    #: replaces the answer format's default instruction after the question
+    instruction: str | None = Field(default=None, min_length=1)
+
+    #: the file this definition was read from; its data paths are relative to it (not a YAML field)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name", "aliases")
+    @classmethod
+    def _names(cls, v: str | list[str]) -> str | list[str]:
+        for name in [v] if isinstance(v, str) else v:
+            if not _TASK_NAME.match(name):
+                raise ValueError(f"{name!r}: a task name is letters, digits, '_', '-' and '.', "
+                                 "starting with a letter or digit")
+        return v
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # "answer: boxed" for the formats without settings
+        return {"type": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _regex_needs_instruction(self) -> "TaskSpec":
+        if self.answer.type == "regex" and not self.instruction:
+            raise ValueError("a regex answer needs 'instruction': the experts must be told the format "
+                             "the pattern reads")
+        return self
+
+    def path(self, value: str) -> Path:
+        """A data path of this definition, relative to the file it is defined in."""
+        return relative_to(self.source, value)
+
+
+class TaskFile(_Strict):
+    """A YAML file of task definitions (the built-ins' ``data/tasks.yaml``, or one a deployment includes)."""
+
+    tasks: list[TaskSpec] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the deployment
 
 
 class ExpertConfig(_Strict):
@@ -134,7 +262,8 @@ class ServingConfig(_Strict):
     #: stateless ingress replicas started by `skillmoe serve` (a Serve config file sets its own
     #: num_replicas or autoscaling_config for SkillMoEIngress); the scheduler is always one
     ingress_replicas: int = Field(default=1, ge=1)
-    #: tasks whose profiles are loaded at start; the first is the default for requests without one
+    #: tasks whose profiles are loaded at start; the first is the default for requests without one.
+    #: Built-in or defined under the file's ``tasks:``; default: the tasks the file defines, else MMLU_Pro
     tasks: list[str] = Field(default_factory=lambda: ["MMLU_Pro"], min_length=1)
     max_question_chars: int = Field(default=20_000, ge=1)
     #: requests admitted at once (queued or in a batch); past it: 503 with Retry-After
@@ -179,7 +308,11 @@ class Config(_Strict):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     profiling: ProfilingConfig = Field(default_factory=ProfilingConfig)
-    #: "builtin" (the data sets shipped with the package) or a folder of <task>_<split>.json
+    #: task definitions besides the built-in ones (MMLU_Pro, GPQA, MedMCQA, AIME24); an item that is a
+    #: string is a YAML file of definitions (``tasks: [...]``), relative to this file
+    tasks: list[TaskSpec] = Field(default_factory=list)
+    #: "builtin" (the data sets shipped with the package) or a folder of <task>_<split>.json that
+    #: replaces the built-in tasks' data
     data_dir: str = "builtin"
     #: where profiles and caches go; relative paths are relative to the working directory
     state_dir: str = ".skillmoe"
@@ -194,21 +327,24 @@ class Config(_Strict):
             raise ValueError("must be a non-empty name without '/'")
         return v
 
+    @model_validator(mode="after")
+    def _serve_defined_tasks(self) -> "Config":
+        if self.tasks and "tasks" not in self.serving.model_fields_set:
+            self.serving.tasks = [t.name for t in self.tasks]
+        return self
+
     def resolve_path(self, value: str) -> Path:
         """Paths inside a config are relative to the config file's folder."""
-        p = Path(value).expanduser()
-        if p.is_absolute() or self.source is None:
-            return p
-        return (self.source.parent / p).resolve()
+        return relative_to(self.source, value)
 
     def benchmarks_dir(self) -> Path | None:
         return None if self.data_dir == "builtin" else self.resolve_path(self.data_dir)
 
 
-def _format_error(path: Path, err: ValidationError) -> str:
+def _format_error(path: Path, err: ValidationError, prefix: tuple = ()) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in prefix + tuple(e["loc"])) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -220,17 +356,107 @@ def _format_error(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+
+
+def load_task_file(path: str | Path) -> list[TaskSpec]:
+    """The task definitions of a YAML file ``tasks: [...]``; their data paths are relative to it."""
+    path = Path(path)
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'tasks', got {type(data).__name__}")
+    try:
+        specs = TaskFile.model_validate(data).tasks
+    except ValidationError as exc:
+        raise ConfigError(_format_error(path, exc)) from None
+    for spec in specs:
+        spec.source = path.resolve()
+    return specs
+
+
+#: the four reference data sets, defined like any other task
+BUILTIN_TASKS_FILE = Path(__file__).resolve().parent / "data" / "tasks.yaml"
+
+
+@lru_cache(maxsize=1)
+def builtin_task_specs() -> tuple[TaskSpec, ...]:
+    return tuple(load_task_file(BUILTIN_TASKS_FILE))
+
+
+def _task_specs(raw: Any, path: Path) -> tuple[list[TaskSpec], list[tuple[Path, str]]]:
+    """The ``tasks:`` list validated, files of definitions read; with each one's (file, field) for errors."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: tasks: expected a list of task definitions or files of them, "
+                          f"got {type(raw).__name__}")
+    here = path.resolve() if path.exists() else None
+    specs: list[TaskSpec] = []
+    where: list[tuple[Path, str]] = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            file = relative_to(here, item)
+            if not file.is_file():
+                raise ConfigError(f"{path}: tasks.{i}: file of task definitions not found ({file})")
+            found = load_task_file(file)
+            specs += found
+            where += [(file, f"tasks.{j}") for j in range(len(found))]
+            continue
+        try:
+            spec = TaskSpec.model_validate(item)
+        except ValidationError as exc:
+            raise ConfigError(_format_error(path, exc, ("tasks", i))) from None
+        spec.source = here
+        specs.append(spec)
+        where.append((path, f"tasks.{i}"))
+    return specs, where
+
+
+def _check_tasks(cfg: Config, path: Path, where: list[tuple[Path, str]]) -> None:
+    """Defined tasks have names of their own and data files that exist; served tasks are defined."""
+    builtin = {n.lower(): s.name for s in builtin_task_specs() for n in [s.name, *s.aliases]}
+    seen: dict[str, str] = {}
+    for spec, (file, loc) in zip(cfg.tasks, where):
+        for n in [spec.name, *spec.aliases]:
+            field = "name" if n == spec.name else "aliases"
+            if n.lower() in builtin:
+                raise ConfigError(f"{file}: {loc}.{field}: {n!r} names the built-in task {builtin[n.lower()]} "
+                                  "(a defined task needs a name of its own; built-ins cannot be redefined)")
+            if n.lower() in seen:
+                raise ConfigError(f"{file}: {loc}.{field}: {n!r} is already the name of task {seen[n.lower()]}")
+            seen[n.lower()] = spec.name
+        for split in ("validation", "test"):
+            value = getattr(spec.data, split)
+            if value is not None and not spec.path(value).is_file():
+                raise ConfigError(f"{file}: {loc}.data.{split}: data file not found ({spec.path(value)})")
+    known = {**builtin, **seen}
+    for i, name in enumerate(cfg.serving.tasks):
+        if name.lower() not in known:
+            names = [s.name for s in builtin_task_specs()] + [t.name for t in cfg.tasks]
+            raise ConfigError(f"{path}: serving.tasks.{i}: unknown task {name!r} (defined: {', '.join(names)})")
+
+
 def parse_config(data: Any, source: Path | str = "<config>") -> Config:
     path = Path(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     # top-level "x-..." keys hold YAML anchors shared by other fields (the docker-compose convention)
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
+    where: list[tuple[Path, str]] = []
+    if "tasks" in data:
+        data["tasks"], where = _task_specs(data["tasks"], path)
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(path, exc)) from None
     cfg.source = path.resolve() if path.exists() else None
+    _check_tasks(cfg, path, where)
     return cfg
 
 
@@ -238,10 +464,4 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
-    return parse_config(data, path)
+    return parse_config(_read_yaml(path), path)

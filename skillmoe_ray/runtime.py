@@ -26,7 +26,7 @@ from .profiles import Profiles, build_profiles
 from .prompts import aggregation_prompt, expert_prompt
 from .skills.embeddings import Embedder, get_embedder
 from .skills.extract import EmbeddingTagger, KeywordExtractor, SkillAligner, load_vocabulary
-from .tasks import Question, Task, load_questions
+from .tasks import Catalogue, Question, Task
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,16 @@ class Runtime:
     experts: list[ExpertConfig]
     engines: dict[str, Engine]
     executor: Executor
+    #: the deployment's tasks: the built-ins and its own; the one place a task is looked up by name
+    catalogue: Catalogue
     progress: bool = True
 
     @classmethod
     def from_config(cls, cfg: Config, recorded_dir: str | None = None, progress: bool = True) -> "Runtime":
         experts = pool_experts(cfg, recorded_dir)
-        data_dir = cfg.benchmarks_dir()
-        engines = {e.name: create_engine(e, str(data_dir) if data_dir else None) for e in experts}
-        return cls(cfg, experts, engines, LocalExecutor(engines, progress=progress), progress)
+        catalogue = Catalogue.from_config(cfg)
+        engines = {e.name: create_engine(e, catalogue) for e in experts}
+        return cls(cfg, experts, engines, LocalExecutor(engines, progress=progress), catalogue, progress)
 
     @property
     def expert_names(self) -> list[str]:
@@ -52,8 +54,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ data
 
-    def questions(self, task: Task, split: str) -> list[Question]:
-        return load_questions(task, split, self.cfg.benchmarks_dir())  # type: ignore[arg-type]
+    def task(self, name: str | Task) -> Task:
+        return self.catalogue.get(name)
+
+    def questions(self, task: str | Task, split: str) -> list[Question]:
+        return self.catalogue.questions(task, split)
 
     # ------------------------------------------------------------------ skills
 
@@ -97,6 +102,14 @@ class Runtime:
             meta.update(vocabulary=sk.vocabulary, top_n=sk.top_n)
         return meta
 
+    def _task_meta(self, task: Task) -> dict:
+        """How the task asks and reads answers, and its validation data: profiles are for these."""
+        import hashlib
+
+        path = task.data_path("train")
+        data = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+        return {"definition": task.digest(), "validation_data": data}
+
     def saved_profiles(self, task: Task) -> Profiles | None:
         """The saved profiles if they match this pool, extractor and settings; None if missing or stale."""
         path = self.profiles_path(task)
@@ -110,9 +123,9 @@ class Runtime:
         m = prof.meta
         if m.get("pool_fingerprint") == self.fingerprint() and m.get("skills") == self._extractor_meta() \
                 and m.get("aggregation_mode") == self.cfg.aggregation.mode \
-                and m.get("profiling", {}) == self.cfg.profiling.model_dump():
+                and m.get("profiling", {}) == self.cfg.profiling.model_dump() and m.get("task") == self._task_meta(task):
             return prof
-        log.info("profiles at %s were built for another pool or extractor", path)
+        log.info("profiles at %s were built for another pool, extractor or task definition", path)
         return None
 
     def profiles(self, task: Task, rebuild: bool = False) -> Profiles:
@@ -159,6 +172,7 @@ class Runtime:
             "pool_fingerprint": self.fingerprint(),
             "config": str(self.cfg.source) if self.cfg.source else self.cfg.name,
             "dataset": f"{task.name}/train",
+            "task": self._task_meta(task),
             "n_questions": len(questions),
             "skills": self._extractor_meta(),
             "aggregation_mode": self.cfg.aggregation.mode,

@@ -77,6 +77,44 @@ def deploy(cfg_path, name, state_dir, route_prefix=None, **overrides):
     serve.run(build_application(cfg), name=name, route_prefix=route_prefix or f"/{name}")
 
 
+class ServeProcess:
+    """`skillmoe serve` in a process of its own (its own private Ray cluster), its output collected."""
+
+    def __init__(self, config, port: int, cwd=None):
+        import subprocess
+        import sys
+        import threading
+
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+        exe = Path(sys.executable).with_name("skillmoe")
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([str(exe), "serve", "--config", str(config), "--port", str(port)], cwd=cwd,
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
+                                       daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> int:
+        """Ctrl-C, as a user stops it; killed (its whole process group) if it does not end. Its exit status."""
+        import signal
+        import subprocess
+
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.reader.join(timeout=10)
+        return self.proc.returncode
+
+
 def free_port() -> int:
     import socket
 

@@ -1,7 +1,9 @@
 import pytest
 
-from skillmoe_ray.answers import extract_boxed, extract_choice, last_boxed, math_equal
-from skillmoe_ray.tasks import get_task
+from skillmoe_ray.answers import (extract_boxed, extract_choice, extract_number, extract_regex, extract_stated,
+                                  last_boxed, math_equal, normalize_text, parse_number)
+from skillmoe_ray.errors import DataError
+from skillmoe_ray.tasks import BoxedFormat, ChoiceFormat, ExactFormat, NumberFormat, RegexFormat, Task, get_task
 
 
 @pytest.mark.parametrize(
@@ -42,3 +44,104 @@ def test_task_answer_formats():
     assert aime.extract(r"so \boxed{204}") == "204"
     assert aime.is_correct("204.0", "204")
     assert "boxed" in aime.instruction() and "(X)" in mmlu.instruction()
+
+
+# ---------------------------------------------------------------- the answer formats of defined tasks
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("3 + 4 = 7. The answer is 7.", "7"),
+        ("The answer is 1,865", "1865"),  # thousands separators
+        ("so 12,000.50 dollars", "12000.5"),
+        ("It fell to -7 degrees", "-7"),
+        ("It fell to \u22127 degrees", "-7"),  # a Unicode minus
+        ("10 - 3 = 7", "7"),  # a subtraction, not a negative number
+        ("The difference is 10 - 5", "5"),  # "- 5" with a space is an operator
+        ("x-5", "5"),  # a hyphen after a letter is no sign
+        ("half of it: 3/4", "0.75"),  # simple fractions
+        ("\\boxed{\\frac{1}{2}}", "0.5"),  # and LaTeX ones
+        ("costs $12.50.", "12.5"),
+        ("grew by 10%", "10"),
+        ("about 2.5e3 of them", "2500"),
+        ("a .5 chance", "0.5"),
+        ("1,2345", "2345"),  # not a thousands group: two numbers
+        ("<think>maybe 5</think> it is 6", "6"),
+        ("no number here", None),
+        ("", None),
+    ],
+)
+def test_extract_number_takes_the_last_number(text, expected):
+    assert extract_number(text) == expected
+
+
+def test_extract_number_after_a_named_field():
+    assert extract_number("Answer: 42 apples and 6 pears", "Answer") == "42"  # the first number on the line
+    assert extract_number("answer: 3\nwait, recheck... Answer: 4\nthanks 99", "Answer") == "4"  # the last field
+    assert extract_number("**Answer:** 1,000", "Answer") == "1000"  # markdown emphasis
+    assert extract_number("Result = -2", "Result") == "-2"
+    assert extract_number("The answer is 5", "Answer") is None  # the field is not there
+    assert extract_number("Answer: none", "Answer") is None
+    assert extract_number("MyAnswer: 7", "Answer") is None  # a field name, not a word's tail
+
+
+def test_parse_number_reads_one_number_or_none():
+    assert parse_number("1,234") == 1234 and parse_number(" -3.5 ") == -3.5 and parse_number("3/4") == 0.75
+    assert parse_number(42) == 42.0 and parse_number(0.5) == 0.5 and parse_number("$7") == 7
+    assert parse_number("3 4") is None and parse_number("none") is None and parse_number(True) is None
+    assert parse_number(None) is None and parse_number("1/0") is None
+
+
+def test_number_format_compares_within_its_tolerance():
+    exact = NumberFormat()
+    assert exact.is_correct("42", "42") and exact.is_correct("42.0000001", "42") and not exact.is_correct("42.1", "42")
+    assert exact.is_correct("1865", "1,865") and exact.is_correct("-7", "-7") and not exact.is_correct("7", "-7")
+    assert not exact.is_correct("x", "42")
+    loose = NumberFormat(tolerance=0.5)
+    assert loose.is_correct("42.4", "42") and not loose.is_correct("42.6", "42")
+    rel = NumberFormat(tolerance=0, relative_tolerance=0.01)
+    assert rel.is_correct("1005", "1000") and not rel.is_correct("1011", "1000")
+    # votes: numbers equal within the tolerance are one vote; others are not
+    assert loose.same("42", "42.3") and not loose.same("42", "43") and exact.same("0.5", "0.5")
+    assert exact.gold_error("1,865") is None and exact.gold_error("forty") == "must be a number"
+    assert NumberFormat("Answer").statement("12") == "Answer: 12" and exact.statement("12") == "The answer is 12"
+    assert "Answer: N" in NumberFormat("Answer").instruction() and '"The answer is N"' in exact.instruction()
+
+
+def test_exact_format_ignores_case_spacing_quotes_and_a_final_period():
+    fmt = ExactFormat()
+    assert extract_stated("I think the answer is **Paris**.") == "Paris"
+    assert extract_stated("Answer: New  York City\nbye") == "New York City"
+    assert extract_stated("the answer is A. later the answer is B") == "B"  # the last statement
+    assert extract_stated("nothing stated") is None and extract_stated("the answer is") is None
+    assert fmt.extract('The answer is "Blue whale".') == "Blue whale"
+    assert fmt.is_correct("blue WHALE", "Blue whale") and fmt.same("Paris.", "paris")
+    assert not fmt.is_correct("Blue", "Blue whale")
+    assert normalize_text(" 'Ab  C'. ") == "ab c"
+    assert fmt.gold_error("  ") == "is empty" and fmt.gold_error("x") is None
+
+
+def test_regex_format_reads_group_one_of_the_last_match():
+    fmt = RegexFormat(r"FINAL\[(\w+)\]")
+    assert fmt.extract("FINAL[abc] ... FINAL[xyz]") == "xyz"
+    assert fmt.extract("no match") is None and fmt.extract("final[abc]") is None  # case-sensitive by default
+    assert RegexFormat(r"final\[(\w+)\]", ignore_case=True).extract("FINAL[Q]") == "Q"
+    assert fmt.is_correct("XYZ", "xyz")  # compared as exact text
+    assert RegexFormat(r"answer is (\w+)").statement("abc") == "The answer is abc"
+    with pytest.raises(DataError, match="cannot state"):  # simulated answers need a statement the pattern reads
+        fmt.statement("abc")
+    assert extract_regex("<think>FINAL[a]</think>", fmt.compiled) is None  # thinking is not the answer
+
+
+def test_choice_and_boxed_formats_as_tasks():
+    choice = Task("t", ChoiceFormat(5))
+    assert choice.extract("the answer is (E)") == "E" and choice.extract("the answer is (F)") is None
+    assert choice.is_correct("e", "E") and choice.num_choices == 5 and choice.answer_format == "choice"
+    assert choice.answer.gold_error("F") and choice.answer.gold_error("C") is None
+    boxed = Task("b", BoxedFormat(), custom_instruction="Put it in a box.")
+    assert boxed.instruction() == "Put it in a box." and boxed.num_choices is None
+    assert boxed.same_answer("0.5", "\\frac{1}{2}") and boxed.extract(None) is None
+    assert not boxed.is_correct(None, "1") and not boxed.is_correct("1", None)
+    with pytest.raises(ValueError):
+        ChoiceFormat(11)

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RECORDED_CONFIG, free_port
+from conftest import RECORDED_CONFIG, ServeProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +33,8 @@ def test_serve_reports_progress_and_readiness(tmp_path):
     cfg["state_dir"] = str(tmp_path / "state")  # no profiles yet: they are built before serving
     path = tmp_path / "cold.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    exe = Path(sys.executable).with_name("skillmoe")
-    proc = subprocess.Popen([str(exe), "serve", "--config", str(path), "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
+    server = ServeProcess(path, free_port())
+    url, proc, lines = server.url, server.proc, server.lines
     seen: list[tuple[int, dict]] = []
     try:
         deadline = time.time() + 240
@@ -68,14 +55,8 @@ def test_serve_reports_progress_and_readiness(tmp_path):
         with urllib.request.urlopen(req, timeout=30) as r:
             assert json.loads(r.read())["data"][0]["id"] == "skillmoe"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join(timeout=10)
-    out = "".join(lines)
+        server.stop()
+    out = server.output
     assert "starting" in out and "loading profiles" in out and "skillmoe: serving" in out, out[-2000:]
     assert "Traceback" not in out, out[-3000:]
     assert proc.returncode == 0

@@ -2,10 +2,12 @@
 
 A recording is ``<model>.jsonl.gz`` with one line per question:
 ``{"split": "train"|"test", "index": i, "pred": ..., "response": "..."}``,
-index pointing into the task's data set. A directory of such files is a pool:
-every file is one expert. The engine answers a request by its question id, or,
-for a request that arrives as text (an HTTP question), by looking the text up
-in the task's data set. It returns the recorded *response*; the answer is read
+index pointing into the task's data set ("train" is its validation split). A
+directory of such files is a pool: every file is one expert, and the folder's name
+says the task (``mmlu_pro`` -> MMLU_Pro; a deployment's own task by its name or an
+alias), unless ``engine_args.task`` does. ``skillmoe record`` writes such folders.
+The engine answers a request by its question id, or, for a request that arrives
+as text (an HTTP question), by looking the text up in the task's data set. It returns the recorded *response*; the answer is read
 out of it by the task's extractor, exactly as for a live model.
 
 One recording per question means repeated draws of the same expert return the
@@ -15,12 +17,11 @@ same chain of thought, where a live model sampling at 0.7 would vary.
 from __future__ import annotations
 
 import gzip
-import json
 from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError, EngineError
-from ..tasks import Task, get_task, load_questions
+from ..tasks import Catalogue, Task, catalogue_or_builtin, jsonl_objects, load_questions
 from .base import Engine, GenerationRequest, SamplingSettings
 
 
@@ -28,12 +29,9 @@ def builtin_recorded_dir(task_dir: str = "mmlu_pro") -> Path:
     return Path(str(resources.files("skillmoe_ray") / "data" / "recorded" / task_dir))
 
 
-def task_for_recording_dir(path: Path) -> Task | None:
+def task_for_recording_dir(path: Path, catalogue: Catalogue | None = None) -> Task | None:
     """The task a recordings folder belongs to, from its name (``mmlu_pro`` -> MMLU_Pro), if it says."""
-    try:
-        return get_task(path.name)
-    except DataError:
-        return None
+    return catalogue_or_builtin(catalogue).find(path.name)
 
 
 def read_recording(path: Path) -> dict[tuple[str, int], str]:
@@ -44,15 +42,7 @@ def read_recording(path: Path) -> dict[tuple[str, int], str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected an object")
+            for lineno, row in jsonl_objects(fh, path):
                 split, index, response = row.get("split"), row.get("index"), row.get("response")
                 if split not in ("train", "test"):
                     raise DataError(f"{path}:{lineno}: field 'split' must be 'train' or 'test', got {split!r}")
@@ -72,11 +62,11 @@ class RecordedEngine(Engine):
     #: a recording is a few MB of text: keeping it loaded costs nothing worth swapping for
     cheap_residency = True
 
-    def __init__(self, name: str, path: str | Path, task: str | None = None, data_dir: str | Path | None = None):
+    def __init__(self, name: str, path: str | Path, task: str | None = None, catalogue: Catalogue | None = None):
         super().__init__(name)
         self.path = Path(path)
-        self.task = get_task(task) if task else task_for_recording_dir(self.path.parent)
-        self.data_dir = data_dir
+        catalogue = catalogue_or_builtin(catalogue)
+        self.task = catalogue.get(task) if task else task_for_recording_dir(self.path.parent, catalogue)
         self._responses: dict[tuple[str, int], str] | None = None
         self._by_text: dict[str, tuple[str, int]] | None = None
 
@@ -108,8 +98,8 @@ class RecordedEngine(Engine):
         if self._by_text is None:
             index: dict[str, tuple[str, int]] = {}
             self._n_questions = 0
-            for split in ("train", "test"):
-                for q in load_questions(self.task, split, self.data_dir):  # type: ignore[arg-type]
+            for split in self.task.splits():
+                for q in load_questions(self.task, split):  # type: ignore[arg-type]
                     index.setdefault(q.text.strip(), (split, q.index))
                     self._n_questions += 1
             self._by_text = index

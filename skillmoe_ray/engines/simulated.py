@@ -60,7 +60,8 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from ..answers import LETTERS
-from ..tasks import get_task
+from ..errors import DataError
+from ..tasks import BoxedFormat, Catalogue, ChoiceFormat, NumberFormat, catalogue_or_builtin
 from .base import Engine, GenerationRequest, SamplingSettings
 
 
@@ -207,12 +208,12 @@ class SimulatedEngine(Engine):
     can_park = True
     can_prefetch = True
 
-    def __init__(self, name: str, spec: SimulatedSpec, clock: Clock | None = None, data_dir: str | None = None,
-                 tp: int = 1):
+    def __init__(self, name: str, spec: SimulatedSpec, clock: Clock | None = None,
+                 catalogue: Catalogue | None = None, tp: int = 1):
         super().__init__(name)
         self.spec = spec
         self.clock = clock or Clock(virtual=True)
-        self.data_dir = data_dir
+        self.catalogue = catalogue_or_builtin(catalogue)
         self.tp = max(1, tp)
         self.loads = 0
         self.wakes = 0
@@ -287,12 +288,11 @@ class SimulatedEngine(Engine):
         if not key or key.count("/") != 2:
             return None
         if key not in self._golds:
-            from ..tasks import load_questions
-
-            task, split, index = key.split("/")
-            if split not in ("train", "test") or not index.isdigit():
+            task_name, split, index = key.split("/")
+            task = self.catalogue.find(task_name)
+            if task is None or split not in task.splits() or not index.isdigit():
                 return None
-            for q in load_questions(task, split, self.data_dir):  # type: ignore[arg-type]
+            for q in self.catalogue.questions(task, split):
                 self._golds[q.qid] = q.gold or ""
         return self._golds.get(key) or None
 
@@ -307,23 +307,25 @@ class SimulatedEngine(Engine):
     def _answer(self, req: GenerationRequest, sampling: SamplingSettings) -> str:
         """Right with the skill's accuracy; otherwise a wrong option. Deterministic per (model, question, seed)."""
         task_name = (req.key or "GPQA/x/0").split("/")[0]
-        try:
-            task = get_task(task_name)
-        except Exception:
-            task = get_task("GPQA")
+        task = self.catalogue.find(task_name) or self.catalogue.get("GPQA")
         h = hashlib.sha256(f"{self.name}|{req.key or req.prompt}|{sampling.seed}".encode()).digest()
         rng = random.Random(h)
         gold = self._gold(req.key)
         right = rng.random() < self.accuracy_for(list(req.meta.get("skills", ())))
-        if task.answer_format == "boxed":
-            value = gold if (right and gold) else str(rng.randint(0, 999))
-            return f"{self._reasoning(sampling.max_tokens)} The answer is \\boxed{{{value}}}"
-        options = LETTERS[: task.num_choices]
+        fmt = task.answer
         if right and gold:
-            letter = gold
+            value = gold
+        elif isinstance(fmt, ChoiceFormat):
+            value = rng.choice([c for c in LETTERS[: fmt.options] if c != gold])
+        elif isinstance(fmt, (BoxedFormat, NumberFormat)):
+            value = str(rng.randint(0, 999))
         else:
-            letter = rng.choice([c for c in options if c != gold])
-        return f"{self._reasoning(sampling.max_tokens)} The answer is ({letter})"
+            value = f"not {gold or 'known'} {rng.randint(0, 999)}"
+        try:
+            stated = fmt.statement(value)
+        except DataError:  # a pattern that cannot read this value back: the answer states nothing
+            stated = ""
+        return f"{self._reasoning(sampling.max_tokens)} {stated}"
 
     def prompt_tokens(self, req: GenerationRequest) -> float:
         """The question's ``prompt_tokens`` plus the simulated lengths of the answers the prompt quotes."""

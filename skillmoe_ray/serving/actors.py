@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from ..config import ExpertConfig
 from ..errors import EngineError
 from ..scheduling.planner import CostModel
+from ..tasks import Catalogue
 from .workers import AggregatorWorker, ExpertWorker
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def start_workers(
     n_workers: int,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
-    data_dir: str | None = None,
+    catalogue: Catalogue | None = None,
     capacity: int = 1,
     timeout_s: float = 120.0,
     host_budget_gb: float | None = None,
@@ -122,12 +123,12 @@ def start_workers(
             max_restarts=-1,
             max_task_retries=3,
             **opts,
-        ).remote(i, specs, data_dir, capacity, host_budget_gb, prefetch, release_after))
+        ).remote(i, specs, catalogue, capacity, host_budget_gb, prefetch, release_after))
     return handles, pg, attached
 
 
 def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, llm_expert: ExpertConfig | None,
-                     data_dir: str | None, gpus: float = 0.0, max_tokens: int = 4096, name: str | None = None,
+                     catalogue: Catalogue | None, gpus: float = 0.0, max_tokens: int = 4096, name: str | None = None,
                      namespace: str | None = None) -> tuple[Any, bool]:
     """One aggregator actor (a vote, or one aggregator model kept resident); (handle, attached to an existing one)."""
     import ray
@@ -141,7 +142,7 @@ def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, ll
         opts.update(name=name, lifetime="detached", namespace=namespace)
     remote = ray.remote(AggregatorWorker)
     handle = remote.options(num_cpus=0, num_gpus=gpus, max_restarts=-1, max_task_retries=1, **opts).remote(
-        mode, ranking_by_task, weights_by_task, llm_expert.model_dump() if llm_expert else None, data_dir, max_tokens)
+        mode, ranking_by_task, weights_by_task, llm_expert.model_dump() if llm_expert else None, catalogue, max_tokens)
     return handle, False
 
 

@@ -47,12 +47,11 @@ def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = Fals
     ``skillmoe serve`` does for a local run.
     """
     from ..runtime import Runtime
-    from ..tasks import get_task
 
     rt = Runtime.from_config(cfg, recorded_dir=recorded_dir, progress=progress)
     profiles = {}
     for name in cfg.serving.tasks:
-        task = get_task(name)
+        task = rt.task(name)
         prof = rt.profiles(task) if build_profiles else rt.saved_profiles(task)
         if prof is None:
             where = cfg.source or f"<the {cfg.name} deployment file>"

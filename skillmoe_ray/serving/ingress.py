@@ -33,7 +33,7 @@ from ..solution import ExpertAnswer
 from ..profiles import Profiles
 from ..runtime import Runtime
 from ..routers import make_router
-from ..tasks import Question, Task, get_task
+from ..tasks import Question, Task
 from .builders import AppSpec
 from . import http, metrics
 from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate
@@ -156,7 +156,7 @@ class SkillMoEIngress:
         rt.executor = SchedulerExecutor(scheduler, rt.expert_names)  # the keyword LLM runs on the pool
         self.rt = rt
         self.profiles = {t: Profiles.from_json(p) for t, p in spec.profiles.items()}
-        self.tasks = [get_task(t) for t in cfg.serving.tasks]
+        self.tasks = [rt.task(t) for t in cfg.serving.tasks]  # the shipped config's catalogue
         self.pipelines = {
             t.name: Pipeline(t, rt.skill_stage(self.profiles[t.name]), make_router(cfg.routing, self.profiles[t.name]),
                              SchedulerAggregator(scheduler, cfg.aggregation.mode), rt.executor,
@@ -288,7 +288,7 @@ class SkillMoEIngress:
         if name is None:
             return self.tasks[0].name
         try:
-            task = get_task(name)
+            task = self.rt.task(name)
         except SkillMoEError as exc:
             raise HTTPError(400, str(exc)) from None
         if task.name not in self.pipelines:

@@ -33,7 +33,7 @@ from ..execution import ExpertPlan, describe_unhealthy, substitute_unhealthy
 from ..solution import ExpertAnswer
 from ..scheduling.planner import Assignment, Costs, WorkerState, plan_grouped
 from ..scheduling.residency import Limits, ModelTraits, Tiers
-from ..tasks import Question, get_task
+from ..tasks import Catalogue, Question, catalogue_or_builtin
 from . import metrics
 from .http import user_error
 
@@ -127,8 +127,11 @@ class Scheduler:
                  aggregators: Mapping[str, Any] | None = None, aggregator_names: Mapping[str, str] | None = None,
                  batch_window_s: float = 0.05, max_batch_size: int = 64, max_concurrent_batches: int = 2,
                  max_pending: int = 10**9, aggregate_timeout_s: float = 600.0, attempts: int = 3,
-                 job_timeout_factor: float = 4.0, job_timeout_min_s: float = 30.0, probe_interval_s: float = 2.0):
+                 job_timeout_factor: float = 4.0, job_timeout_min_s: float = 30.0, probe_interval_s: float = 2.0,
+                 catalogue: Catalogue | None = None):
         self.workers = list(workers)
+        #: the deployment's tasks (answers are read by their task's format)
+        self.catalogue = catalogue_or_builtin(catalogue)
         self.limits = limits
         self.cost = cost
         #: task -> aggregator actor; task -> its aggregator's name (for answers and the pool view)
@@ -522,7 +525,7 @@ class Scheduler:
             if key in errors:
                 self._finish_error(q, EngineError(errors[key]))
             elif key in texts:
-                task = get_task(q.work.question.task)
+                task = self.catalogue.get(q.work.question.task)
                 q.answers[slot] = ExpertAnswer(expert, texts[key], task.extract(texts[key]))
                 p, c = result.get("usage", {}).get(key, (0, 0))
                 q.prompt_tokens += p
@@ -609,7 +612,7 @@ class Scheduler:
                 metrics.aggregator_fallback(task_name)
         else:
             why = "no aggregator actor"
-        task = get_task(task_name)
+        task = self.catalogue.get(task_name)
         out = []
         for i, (q, ans) in enumerate(zip(questions, answers)):
             vote = VoteAggregator(rankings[i] if rankings else [])

@@ -23,7 +23,7 @@ from ..solution import ExpertAnswer
 from ..pool import pool_experts, pool_fingerprint
 from ..profiles import Profiles
 from ..aggregators import log_odds_weights
-from ..tasks import Question
+from ..tasks import Catalogue, Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
 from .builders import AppSpec
 from .scheduler import Scheduler, Work, _await, limits_from
@@ -63,7 +63,7 @@ class SkillMoEScheduler:
         cfg = spec.cfg
         sv, agg = cfg.serving, cfg.aggregation
         experts = pool_experts(cfg, spec.recorded_dir)
-        data_dir = str(cfg.benchmarks_dir()) if cfg.benchmarks_dir() else None
+        catalogue = Catalogue.from_config(cfg)  # from the shipped config: no task file is read here
         try:
             app_name = serve.get_replica_context().app_name
         except Exception:  # noqa: BLE001 - outside a replica (tests build it directly)
@@ -71,7 +71,7 @@ class SkillMoEScheduler:
         name = pool_name(cfg, experts, app_name)
         namespace = POOL_NAMESPACE
         self.workers, self.pg, attached = start_workers(
-            experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, data_dir, sv.models_per_worker,
+            experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, catalogue, sv.models_per_worker,
             host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch, name=name, namespace=namespace,
             strategy=sv.placement_strategy)
         traits = ray.get(self.workers[0].traits.remote())
@@ -89,7 +89,7 @@ class SkillMoEScheduler:
             actor, found = start_aggregator(
                 agg.mode, {t: self.rankings[t] for t in tasks},
                 {t: log_odds_weights(profiles[t].accuracy) for t in tasks},
-                by_name[who] if agg.mode == "llm" else None, data_dir, sv.aggregator_gpus, agg.max_tokens,
+                by_name[who] if agg.mode == "llm" else None, catalogue, sv.aggregator_gpus, agg.max_tokens,
                 name=f"{name}:aggregator:{who}", namespace=namespace)
             attached += found
             actors.append(actor)
@@ -102,7 +102,7 @@ class SkillMoEScheduler:
             cost_model_for(experts), self.aggregators, agg_names, sv.batch_window_s, sv.max_batch_size,
             sv.max_concurrent_batches, sv.max_pending, aggregate_timeout_s=sv.aggregator_timeout_s,
             job_timeout_factor=sv.job_timeout_factor, job_timeout_min_s=sv.job_timeout_min_s,
-            probe_interval_s=sv.health_probe_s)
+            probe_interval_s=sv.health_probe_s, catalogue=catalogue)
         self.core.adopt(states)
         self.attached = attached
         log.info("scheduler for %s: %d workers, %d aggregator actor(s), %d attached to from before",

@@ -23,6 +23,7 @@ from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..engines.registry import create_engine
 from ..errors import EngineError, SkillMoEError
+from ..tasks import Catalogue, catalogue_or_builtin
 from . import metrics
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step, traits_of
 
@@ -32,11 +33,13 @@ Job = tuple[str, list[tuple[int, int, GenerationRequest]]]
 
 
 class ExpertWorker:
-    def __init__(self, wid: int, experts: Sequence[dict[str, Any]], data_dir: str | None = None, capacity: int = 1,
-                 host_budget_gb: float | None = None, prefetch: bool = False, release_after: bool = False):
+    def __init__(self, wid: int, experts: Sequence[dict[str, Any]], catalogue: Catalogue | None = None,
+                 capacity: int = 1, host_budget_gb: float | None = None, prefetch: bool = False,
+                 release_after: bool = False):
         self.wid = wid
         self.configs = {e["name"]: ExpertConfig.model_validate(e) for e in experts}
-        self.data_dir = data_dir
+        #: the deployment's tasks, shipped with the actor (recorded and simulated engines read their data)
+        self.catalogue = catalogue
         self.engines: dict[str, Engine] = {}
         self.tiers = Tiers()
         self.limits = Limits(max(1, capacity), host_budget_gb, {n: self._traits(n) for n in self.configs},
@@ -55,7 +58,7 @@ class ExpertWorker:
         if name not in self.engines:
             if name not in self.configs:
                 raise EngineError(f"worker {self.wid}: no expert named {name!r}")
-            self.engines[name] = create_engine(self.configs[name], self.data_dir)
+            self.engines[name] = create_engine(self.configs[name], self.catalogue)
         return self.engines[name]
 
     def _traits(self, name: str) -> ModelTraits:
@@ -216,24 +219,25 @@ class AggregatorWorker:
     """Merges the experts' answers; holds the aggregator model when there is one."""
 
     def __init__(self, mode: str, ranking_by_task: dict[str, list[str]], weights_by_task: dict[str, dict[str, float]],
-                 llm_expert: dict[str, Any] | None = None, data_dir: str | None = None, max_tokens: int = 4096):
+                 llm_expert: dict[str, Any] | None = None, catalogue: Catalogue | None = None,
+                 max_tokens: int = 4096):
         self.mode = mode
+        self.catalogue = catalogue_or_builtin(catalogue)
         self.ranking_by_task = ranking_by_task
         self.weights_by_task = weights_by_task
         self.engine: Engine | None = None
         self.max_tokens = max_tokens
         self.loads = 0
         if llm_expert is not None:
-            self.engine = create_engine(ExpertConfig.model_validate(llm_expert), data_dir)
+            self.engine = create_engine(ExpertConfig.model_validate(llm_expert), self.catalogue)
             self.engine.load()
             self.loads += 1
 
     def aggregate(self, task_name: str, questions: list, answers: list, seed: int) -> list[tuple[str | None, str, str]]:
         from ..execution import LocalExecutor
         from ..aggregators import LLMAggregator, VoteAggregator, WeightedVoteAggregator
-        from ..tasks import get_task
 
-        task = get_task(task_name)
+        task = self.catalogue.get(task_name)
         if self.mode == "llm" and self.engine is not None:
             agg = LLMAggregator(self.engine.name, self.max_tokens)
             # its only model: the executor never parks it, so it stays loaded between batches
