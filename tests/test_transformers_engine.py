@@ -38,6 +38,38 @@ def test_packaged_model_answers_in_batches_and_parks():
     assert e.resident_bytes() == 0 and e.host_bytes() == 0 and not e.parked
 
 
+@pytest.mark.parametrize("name,args", [("smollm2-135m", {}), ("gemma3-270m", {"prompt_format": "plain"})])
+def test_stream_yields_the_text_generate_gives_as_it_is_generated(name, args):
+    """Token by token from generate's thread: joined, generate's text (a plain transcript cut at its stop
+    string as generate cuts it); usage counted; closing it early stops the generation."""
+    import time
+
+    e = create_engine(ExpertConfig(name=name, engine="transformers", model=f"packaged:{name}",
+                                   engine_args={"threads": 1, **args}))
+    e.load()
+    try:
+        req = GenerationRequest.user("What is the capital of France? Answer, then ask me another question.")
+        sampling = SamplingSettings(temperature=0.7, max_tokens=32, seed=3)
+        (whole,) = e.generate([req], sampling)
+        t0 = time.perf_counter()
+        arrivals, pieces = [], []
+        for piece in e.stream(req, sampling):
+            arrivals.append(time.perf_counter() - t0)
+            pieces.append(piece)
+        assert "".join(pieces) == whole and len(pieces) > 1, pieces
+        assert arrivals[0] < arrivals[-1] / 2  # the first piece long before the whole
+        prompt, completion = e.usage([req], [whole])[0]
+        assert prompt > 0 and 0 < completion <= 32
+        stream = e.stream(req, SamplingSettings(temperature=0.7, max_tokens=200, seed=3))
+        next(stream)
+        t0 = time.perf_counter()
+        stream.close()  # the generating thread stops at its next token
+        assert time.perf_counter() - t0 < 2.0
+        assert e.generate([req], sampling) == [whole]
+    finally:
+        e.release()
+
+
 @pytest.mark.slow
 def test_prefetch_reads_the_weights_in_the_background():
     """A prefetched model loads without reading the disk again, and answers as itself."""
