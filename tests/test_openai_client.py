@@ -244,3 +244,26 @@ def test_a_client_that_disconnects_mid_stream_frees_its_place(streaming_app):
     assert status == 200 and r["aggregator"] == "writer"
     assert waited < 2.4, (waited, r["timings"])
     assert get(f"{streaming_app}/v1/pool")[1]["pending"] == 0
+
+
+def test_an_aggregator_lost_mid_stream_is_followed_by_the_vote(streaming_app):
+    """Runs last on this deployment (its aggregator is killed for good): the words already sent stay, a note
+    says the aggregator stopped, the experts' vote follows, and the finish chunk names the fallback."""
+    import ray
+
+    from skillmoe_ray.serving.ingress import FALLBACK_NOTE
+
+    agg = get(f"{streaming_app}/v1/pool")[1]["aggregators"]["GPQA"]
+    client = openai.OpenAI(base_url=f"{streaming_app}/v1", api_key="unused", max_retries=0, timeout=60)
+    chunks = []
+    for chunk in client.chat.completions.create(model="skillmoe", stream=True,
+                                                messages=[{"role": "user", "content": gpqa(5)}]):
+        chunks.append(chunk)
+        if sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) == 1:
+            ray.kill(ray.get_actor(agg["actor_name"], namespace=agg["namespace"]), no_restart=True)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    extra = chunks[-1].model_extra["skillmoe"]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert extra["aggregator"] == "vote (fallback: aggregator writer failed)" and extra["answer"] in "ABCD"
+    written, vote = text.split(FALLBACK_NOTE.format(who=extra["aggregator"]))
+    assert written.strip() and f"The answer is ({extra['answer']})" in vote

@@ -450,6 +450,7 @@ class SkillMoEIngress:
         deadline = t0 + self.cfg.serving.request_timeout_s
         events = self._answer(ask, stream=True)
         sent: list[str] = []
+        fell_back = False  # the aggregator failed part-way: what it wrote is not the start of the answer
         step: asyncio.Future | None = None
         try:
             while True:
@@ -468,6 +469,7 @@ class SkillMoEIngress:
                     sent.append(item["delta"])
                     yield content(item["delta"])
                 elif "stage" in item:
+                    fell_back = fell_back or item["stage"] == "fallback"
                     yield f": stage {stage_text(item)}\n\n"
                 else:
                     solved = self._timed(item["result"], t0)
@@ -479,9 +481,9 @@ class SkillMoEIngress:
         finally:
             if step is not None and not step.done():
                 step.cancel()  # the client went away: the scheduler's call is cancelled with it
-        text, already = solved["response"], "".join(sent)
-        rest = text[len(already):] if text.startswith(already) else \
-            f"{FALLBACK_NOTE.format(who=solved['aggregator'])}{text}"
+        text = solved["response"]
+        rest = f"{FALLBACK_NOTE.format(who=solved['aggregator'])}{text}" if fell_back and sent else \
+            text[len("".join(sent)):]
         for i in range(0, len(rest), STREAM_PIECE_CHARS):
             yield content(rest[i:i + STREAM_PIECE_CHARS])
         yield event({**chat_chunk(model, rid, created, {}, finish="stop"), "skillmoe": skillmoe_extra(solved)})
