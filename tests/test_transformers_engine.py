@@ -3,6 +3,7 @@
 import importlib.util
 
 import pytest
+from conftest import stream_beside_generate
 
 from skillmoe_ray.config import ExpertConfig
 from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
@@ -50,14 +51,7 @@ def test_stream_yields_the_text_generate_gives_as_it_is_generated(name, args):
     try:
         req = GenerationRequest.user("What is the capital of France? Answer, then ask me another question.")
         sampling = SamplingSettings(temperature=0.7, max_tokens=32, seed=3)
-        (whole,) = e.generate([req], sampling)
-        t0 = time.perf_counter()
-        arrivals, pieces = [], []
-        for piece in e.stream(req, sampling):
-            arrivals.append(time.perf_counter() - t0)
-            pieces.append(piece)
-        assert "".join(pieces) == whole and len(pieces) > 1, pieces
-        assert arrivals[0] < arrivals[-1] / 2  # the first piece long before the whole
+        whole, _, _, _ = stream_beside_generate(e, req, sampling)
         prompt, completion = e.usage([req], [whole])[0]
         assert prompt > 0 and 0 < completion <= 32
         stream = e.stream(req, SamplingSettings(temperature=0.7, max_tokens=200, seed=3))
