@@ -120,6 +120,21 @@ def test_streaming_with_and_without_usage(client, questions):
             assert all(c.usage is None for c in chunks)
 
 
+def test_one_expert_streamed_comes_in_one_piece_and_a_failure_ends_the_stream_with_an_error(client, questions):
+    q = questions[5]
+    whole = client.chat.completions.create(model="skillmoe", messages=[{"role": "user", "content": q}])
+    expert = whole.model_extra["skillmoe"]["experts"][0]
+    alone = client.chat.completions.create(model=expert, messages=[{"role": "user", "content": q}])
+    chunks = list(client.chat.completions.create(model=expert, stream=True, messages=[{"role": "user", "content": q}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == alone.choices[0].message.content
+    assert chunks[-1].model_extra["skillmoe"]["aggregator"] == expert
+    # a question the recordings do not have: OpenAI's error event in the stream (the client raises it)
+    with pytest.raises(openai.APIError) as e:
+        list(client.chat.completions.create(model="skillmoe", stream=True, messages=[
+            {"role": "user", "content": "What is the airspeed of an unladen swallow?"}]))
+    assert "2,450 MMLU_Pro questions" in e.value.message and not leaks(e.value.message)
+
+
 def test_out_of_range_parameters_are_refused_in_openais_error_shape(client, questions):
     msgs = [{"role": "user", "content": questions[3]}]
     for kw, param in (({"temperature": 50}, "temperature"), ({"top_p": 3}, "top_p"), ({"top_p": 0}, "top_p"),
