@@ -1,7 +1,8 @@
 """The one small interface every engine implements.
 
 The scheduler only needs four things from a model: bring it in, run a batch,
-put it away, and say how much memory it holds. Keeping the interface this
+put it away, and say how much memory it holds (and, for a streamed answer, one
+request's text as it is generated, which any engine can give in one piece). Keeping the interface this
 small is what lets a replayed recording, a cost-model simulation and a real
 vLLM instance be swapped under the same planner and worker code.
 """
