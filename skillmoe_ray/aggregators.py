@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Generator, Sequence
 
 from .aggregation import weighted_vote
-from .engines.base import GenerationRequest, SamplingSettings
+from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .errors import ConfigError
 from .profiles import Profiles
 from .prompts import aggregation_prompt
@@ -136,16 +136,35 @@ class LLMAggregator(Aggregator):
         """The configured model, else the one the task's aggregator benchmark chose."""
         return cls(aggregation.aggregator or profiles.aggregator.get("name"), aggregation.max_tokens)
 
+    def request(self, task: Task, question: Question, answers: Sequence[ExpertAnswer]) -> GenerationRequest:
+        """The aggregator model's prompt for one question: the experts' chains of thought, then the question."""
+        return GenerationRequest.user(aggregation_prompt(task, question.text, [a.response for a in answers]),
+                                      key=question.qid, role="aggregator", question=question.text)
+
+    def sampling(self, seed: int) -> SamplingSettings:
+        return SamplingSettings(temperature=0.7, max_tokens=self.max_tokens, seed=seed)
+
+    def merged(self, task: Task, text: str) -> tuple[str | None, str, str]:
+        """(answer, response, who) from the aggregator model's whole text."""
+        return task.extract(text), text, self.model
+
     def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                   executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
-        requests = [
-            GenerationRequest.user(aggregation_prompt(task, q.text, [a.response for a in ans]), key=q.qid,
-                                   role="aggregator", question=q.text)
-            for q, ans in zip(questions, answers)
-        ]
+        requests = [self.request(task, q, ans) for q, ans in zip(questions, answers)]
         plan = {self.model: [(i, 0, r) for i, r in enumerate(requests)]}
-        texts = executor.run(plan, SamplingSettings(temperature=0.7, max_tokens=self.max_tokens, seed=seed))
-        return [(task.extract(texts[(i, 0)]), texts[(i, 0)], self.model) for i in range(len(requests))]
+        texts = executor.run(plan, self.sampling(seed))
+        return [self.merged(task, texts[(i, 0)]) for i in range(len(requests))]
+
+    def stream(self, task: Task, question: Question, answers: Sequence[ExpertAnswer], engine: Engine,
+               seed: int) -> Generator[str, None, tuple[str | None, str, str]]:
+        """One question aggregated by ``engine`` (the aggregator model, loaded here): yields the text as
+        it is generated and returns what :meth:`aggregate` gives for that text, the answer read from
+        the whole of it."""
+        parts = []
+        for piece in engine.stream(self.request(task, question, answers), self.sampling(seed)):
+            parts.append(piece)
+            yield piece
+        return self.merged(task, "".join(parts))
 
 
 def log_odds_weights(accuracy: dict[str, float], eps: float = 0.02) -> dict[str, float]:

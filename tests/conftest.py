@@ -133,3 +133,21 @@ def served_recorded(ray_cluster, state_dir):
     deploy(RECORDED_CONFIG, "skillmoe", state_dir, route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.delete("skillmoe")
+
+
+def stream_beside_generate(engine, request, sampling):
+    """``engine.generate`` of one request, then ``engine.stream`` of it, checked to be that text in several
+    pieces, the first well before the last. Returns (whole text, generate's usage, the pieces, each
+    piece's arrival in seconds from the stream's start)."""
+    import time
+
+    (whole,) = engine.generate([request], sampling)
+    usage = engine.usage([request], [whole])
+    t0 = time.perf_counter()
+    pieces, arrivals = [], []
+    for piece in engine.stream(request, sampling):
+        arrivals.append(time.perf_counter() - t0)
+        pieces.append(piece)
+    assert "".join(pieces) == whole and len(pieces) > 1, pieces
+    assert arrivals[0] < arrivals[-1] / 2, arrivals  # the first piece long before the whole
+    return whole, usage, pieces, arrivals

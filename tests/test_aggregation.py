@@ -79,3 +79,28 @@ def test_every_aggregation_mode_of_the_config_has_a_registered_aggregator():
     assert set(AGGREGATORS) == set(get_args(AggregationConfig.model_fields["mode"].annotation))
     with pytest.raises(ConfigError, match="known: .*vote"):
         make_aggregator(AggregationConfig.model_construct(mode="nope"), None)
+
+
+def test_aggregator_worker_streams_what_it_would_answer_whole():
+    """The aggregator actor's class in-process: the LLM aggregator's stream is its text as it comes, then the
+    record the non-streaming call gives for it; a vote streams only that record."""
+    from skillmoe_ray.serving.workers import AggregatorWorker
+    from skillmoe_ray.solution import ExpertAnswer
+    from skillmoe_ray.tasks import Question
+
+    sim = {"name": "agg", "engine": "simulated", "model": "sim", "size_gb": 1,
+           "engine_args": {"out_tokens": 20, "step_fixed_s": 0.0, "load_fixed_s": 0.0}}
+    question = Question("GPQA", "request", 1, "Which is a prime number? (A) 21 (B) 27 (C) 29 (D) 33")
+    answers = [ExpertAnswer(e, f"[simulated reasoning: 9 tokens] The answer is ({x})", x)
+               for e, x in (("a", "C"), ("b", "A"), ("c", "C"))]
+    worker = AggregatorWorker("llm", {"GPQA": ["a", "b", "c"]}, {}, sim)
+    items = list(worker.aggregate_stream("GPQA", question, answers, 0))
+    deltas, (merged, usage) = items[:-1], items[-1]
+    assert len(deltas) > 1 and all(isinstance(d, str) for d in deltas)
+    assert worker.aggregate_with_usage("GPQA", [question], [answers], 0) == (merged, usage)
+    (answer, text, who), = merged
+    assert "".join(deltas) == text and answer == get_task("GPQA").extract(text) and who == "agg"
+    assert usage[0][0] > 0 and usage[0][1] > 0
+    vote = AggregatorWorker("vote", {"GPQA": ["a", "b", "c"]}, {})
+    assert list(vote.aggregate_stream("GPQA", question, answers, 0)) == [
+        vote.aggregate_with_usage("GPQA", [question], [answers], 0)]

@@ -56,15 +56,30 @@ def test_real_models_answer_end_to_end(served_recorded, state_dir, tmp_path):
         print("\nanswer:", r["answer"], "| experts:", r["experts"], "| skills:", r["skills"],
               "| timings:", r["timings"])
         assert r["usage"]["prompt_tokens"] > 0 and r["usage"]["completion_tokens"] > 0
-        # the same pool streamed to the official OpenAI client, usage included
+        # the same pool streamed to the official OpenAI client, usage included: the aggregator's answer
+        # arrives token by token as vLLM writes it
+        import time
+
         import openai
 
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=900)
-        chunks = list(client.chat.completions.create(
-            model="skillmoe", stream=True, stream_options={"include_usage": True}, extra_body={"task": "GPQA"},
-            messages=[{"role": "user", "content": "Which is a prime number? The options are: (A) 21 (B) 27 (C) 29 (D) 33"}]))
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        t0 = time.perf_counter()
+        chunks, arrivals = [], []
+        for chunk in client.chat.completions.create(
+                model="skillmoe", stream=True, stream_options={"include_usage": True}, extra_body={"task": "GPQA"},
+                messages=[{"role": "user", "content": "Which is a prime number? The options are: (A) 21 (B) 27 (C) 29 (D) 33"}]):
+            chunks.append(chunk)
+            arrivals.append(time.perf_counter() - t0)
+        words = [(t, c.choices[0].delta.content) for t, c in zip(arrivals, chunks)
+                 if c.choices and c.choices[0].delta.content]
+        text = "".join(w for _, w in words)
         assert text.strip() and chunks[0].choices[0].delta.role == "assistant"
         assert chunks[-1].usage.completion_tokens > 0 and chunks[-1].choices == []
+        finish = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+        assert finish.model_extra["skillmoe"]["aggregator"] == "qwen2.5-coder-0.5b"
+        assert len(words) > 3 and words[-1][0] > words[0][0], words
+        print(f"streamed: {len(words)} content deltas, first after {words[0][0]:.2f} s, last after "
+              f"{words[-1][0]:.2f} s, whole stream {arrivals[-1]:.2f} s; the aggregator wrote for "
+              f"{finish.model_extra['skillmoe']['timings']['aggregate']:.2f} s")
     finally:
         serve.delete("cpu")

@@ -243,3 +243,115 @@ def test_a_restarted_scheduler_attaches_to_the_same_workers(served_recorded, sta
     while time.time() < deadline and any(":again:" in a["name"] for a in ray.util.list_named_actors(True)):
         time.sleep(0.5)
     assert not any(":again:" in a["name"] for a in ray.util.list_named_actors(True))
+
+
+@pytest.fixture(scope="module")
+def streaming_pool(ray_cluster):
+    """One worker of quick simulated experts, and an LLM aggregator (simulated) that writes for about 1 s."""
+    import ray
+
+    from skillmoe_ray.serving.actors import start_aggregator, start_workers, stop_actors
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
+
+    experts = [sim_expert(n, 1.0, load_fixed_s=0.0) for n in ("e1", "e2")]
+    writer = sim_expert("writer", 1.0, clock="real", out_tokens=20, step_fixed_s=0.05, load_fixed_s=0.0)
+    workers, pg, _ = start_workers(experts, 1, cpus_per_worker=0.25, capacity=2)
+    started: list = []
+
+    def new_aggregator():
+        agg, _ = start_aggregator("llm", {"GPQA": ["e1", "e2"]}, {}, writer, None)
+        started.append(agg)
+        return agg
+
+    limits = limits_from(ray.get(workers[0].traits.remote()), 2, None, False)
+    sched = Scheduler(workers, limits, CostModel(load_s={"e1": 0.0, "e2": 0.0}, default_per_prompt_s=0.01),
+                      {"GPQA": new_aggregator()}, {"GPQA": "writer"}, batch_window_s=0.01, aggregate_timeout_s=20)
+    ex = RayExecutor(sched)
+    yield ex, new_aggregator
+    ex.close()
+    stop_actors(workers + started, pg)
+
+
+def _work(i: int):
+    from skillmoe_ray.serving.scheduler import Work
+    from skillmoe_ray.tasks import Question, load_questions
+
+    q = load_questions("GPQA", "test")[i]
+    question = Question("GPQA", "request", i, q.text)
+    req = GenerationRequest.user(q.text, key=question.qid, question=q.text)
+    return Work(question, ["e1", "e2", "e1"], req, SamplingSettings(seed=0), 0, ["e1", "e2"])
+
+
+async def _events(sched, work, stop_after_deltas: int | None = None) -> list[tuple[float, dict]]:
+    t0 = time.perf_counter()
+    out = []
+    stream = sched.solve_stream(work)
+    async for event in stream:
+        out.append((time.perf_counter() - t0, event))
+        if stop_after_deltas is not None and sum("delta" in e for _, e in out) >= stop_after_deltas:
+            await stream.aclose()
+            break
+    return out
+
+
+def test_a_streamed_question_reports_its_stages_then_the_aggregators_text_as_it_is_written(streaming_pool):
+    ex, _ = streaming_pool
+    sched = ex.scheduler
+    events = ex.call(_events(sched, _work(0)))
+    kinds = [next(iter(e)) for _, e in events]
+    stages = [e["stage"] if "stage" in e else k for (_, e), k in zip(events, kinds)]
+    assert stages[0] == "queued" and stages[-1] == "result"
+    assert [e for _, e in events if e.get("stage") == "experts"][-1] == {"stage": "experts", "done": 3, "of": 3}
+    first_delta = kinds.index("delta")
+    assert stages[first_delta - 1] == "aggregating" and set(kinds[first_delta:-1]) == {"delta"}
+    deltas = [(t, e["delta"]) for t, e in events if "delta" in e]
+    result = events[-1][1]["result"]
+    assert len(deltas) > 3 and "".join(d for _, d in deltas) == result["response"]
+    # the first words arrive well before the aggregator has written the last (~1 s of modelled writing)
+    assert deltas[-1][0] - deltas[0][0] > 0.5, deltas
+    # the same question, not streamed: the same answer, text and usage
+    whole = ex.call(sched.solve(_work(0)))
+    assert {k: whole[k] for k in ("answer", "response", "aggregator", "usage")} == \
+        {k: result[k] for k in ("answer", "response", "aggregator", "usage")}
+    assert result["aggregator"] == "writer" and result["usage"]["completion_tokens"] > 0
+    assert sched.pending == 0
+
+
+def test_closing_a_stream_frees_its_place_and_stops_the_aggregator(streaming_pool):
+    ex, _ = streaming_pool
+    sched = ex.scheduler
+    events = ex.call(_events(sched, _work(1), stop_after_deltas=1))
+    assert "delta" in events[-1][1] and sched.pending == 0
+    # the aggregator stopped writing the abandoned answer: the next one starts at once
+    t0 = time.perf_counter()
+    events = ex.call(_events(sched, _work(2)))
+    first = next(t for t, e in events if "delta" in e)
+    assert first < 0.6, events
+    assert "result" in events[-1][1] and time.perf_counter() - t0 < 3.0
+
+
+def test_an_aggregator_lost_mid_stream_falls_back_to_a_vote(streaming_pool):
+    """Runs last on this pool: the aggregator is killed part-way through its answer."""
+    import asyncio
+
+    import ray
+
+    ex, new_aggregator = streaming_pool
+    sched = ex.scheduler
+    agg = sched.aggregators["GPQA"]
+
+    async def kill_mid_way():
+        out = []
+        async for event in sched.solve_stream(_work(3)):
+            out.append(event)
+            if sum("delta" in e for e in out) == 2:
+                ray.kill(agg, no_restart=True)
+        return out
+
+    events = ex.call(asyncio.wait_for(kill_mid_way(), timeout=30))
+    fallback = [e for e in events if e.get("stage") == "fallback"]
+    result = events[-1]["result"]
+    assert fallback and "aggregator writer failed" in fallback[0]["why"]
+    assert result["aggregator"] == "vote (fallback: aggregator writer failed)" and result["answer"] in "ABCD"
+    assert sum("delta" in e for e in events) >= 2 and sched.pending == 0
+    sched.aggregators["GPQA"] = new_aggregator()

@@ -1,6 +1,7 @@
 import math
 
 import pytest
+from conftest import stream_beside_generate
 
 from skillmoe_ray.config import ExpertConfig
 from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
@@ -102,3 +103,19 @@ def test_a_prompt_that_quotes_simulated_answers_is_as_long_as_they_are():
     before = plain.clock.elapsed_s
     plain.generate([reader], sampling)
     assert plain.clock.elapsed_s - before == pytest.approx(plain.spec.constants.generate_s(1, 32768, 1, 300 + quoted))
+
+
+def test_stream_spreads_the_answer_over_its_modelled_time():
+    """Word by word, the whole modelled time spent: the first word long before the last; joined, generate's text."""
+    consts = CostConstants(out_tokens=40, step_fixed_s=0.01, step_per_seq_s=0.0, load_fixed_s=0.0)
+    e = SimulatedEngine("m", SimulatedSpec(size_gb=1, accuracy=0.5, constants=consts), Clock(virtual=False))
+    req = GenerationRequest.user("a question that is not in any data set", key="GPQA/request/7")
+    sampling = SamplingSettings(max_tokens=4096, seed=3)
+    whole, usage, pieces, arrivals = stream_beside_generate(e, req, sampling)
+    assert len(pieces) >= 5
+    assert e.usage([req], [whole]) == usage and usage[0][1] > 0
+    modelled = consts.generate_s(1, 4096)  # 0.4 s
+    assert arrivals[0] < modelled / 3 and arrivals[-1] >= 0.9 * modelled, (arrivals, modelled)
+    # a served request (no data-set key) is answered by its prompt: the same question, the same answer
+    other = GenerationRequest.user("a question that is not in any data set", key="GPQA/request/8")
+    assert e.generate([other], sampling) == [whole]

@@ -3,6 +3,7 @@
 import importlib.util
 
 import pytest
+from conftest import stream_beside_generate
 
 from skillmoe_ray.config import ExpertConfig
 from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
@@ -36,6 +37,31 @@ def test_packaged_model_answers_in_batches_and_parks():
     finally:
         e.release()
     assert e.resident_bytes() == 0 and e.host_bytes() == 0 and not e.parked
+
+
+@pytest.mark.parametrize("name,args", [("smollm2-135m", {}), ("gemma3-270m", {"prompt_format": "plain"})])
+def test_stream_yields_the_text_generate_gives_as_it_is_generated(name, args):
+    """Token by token from generate's thread: joined, generate's text (a plain transcript cut at its stop
+    string as generate cuts it); usage counted; closing it early stops the generation."""
+    import time
+
+    e = create_engine(ExpertConfig(name=name, engine="transformers", model=f"packaged:{name}",
+                                   engine_args={"threads": 1, **args}))
+    e.load()
+    try:
+        req = GenerationRequest.user("What is the capital of France? Answer, then ask me another question.")
+        sampling = SamplingSettings(temperature=0.7, max_tokens=32, seed=3)
+        whole, _, _, _ = stream_beside_generate(e, req, sampling)
+        prompt, completion = e.usage([req], [whole])[0]
+        assert prompt > 0 and 0 < completion <= 32
+        stream = e.stream(req, SamplingSettings(temperature=0.7, max_tokens=200, seed=3))
+        next(stream)
+        t0 = time.perf_counter()
+        stream.close()  # the generating thread stops at its next token
+        assert time.perf_counter() - t0 < 2.0
+        assert e.generate([req], sampling) == [whole]
+    finally:
+        e.release()
 
 
 @pytest.mark.slow

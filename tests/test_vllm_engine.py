@@ -15,10 +15,11 @@ import sys
 import time
 
 import pytest
+from conftest import stream_beside_generate
 
 from skillmoe_ray.config import ExpertConfig
 from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
-from skillmoe_ray.engines.chat import encode_messages, render_plain, request_seeds
+from skillmoe_ray.engines.chat import PLAIN_STOP, Deltas, cut_at_stop, encode_messages, render_plain, request_seeds
 from skillmoe_ray.engines.registry import create_engine
 from skillmoe_ray.engines.vllm_engine import VLLMEngine, rss_bytes
 from skillmoe_ray.errors import EngineError
@@ -71,6 +72,17 @@ def test_request_seeds_repeat_prompts_differ_but_do_not_depend_on_the_batch():
     assert s1[0] == s2[1] and s1[1] == s2[2] and s1[2] == s2[0]
     assert request_seeds(1, [a])[0] != s1[0]
     assert request_seeds(None, [a, b]) == [None, None]
+
+
+def test_stream_deltas_hold_back_partial_characters_and_stop_strings():
+    d = Deltas(PLAIN_STOP)
+    growing = ["The answer", "The answer is (B).", "The answer is (B).\n", "The answer is (B).\n\nUs",
+               "The answer is (B).\n\nUser: and", "The answer is (B).\n\nUser: and more"]
+    out = [d.update(t) for t in growing]
+    assert out == ["The answer", " is (B).", "", "", "", ""] and d.stopped
+    assert "".join(out) == cut_at_stop(growing[-1], PLAIN_STOP)[0]
+    d = Deltas(PLAIN_STOP)  # no stop string came: the held-back newline goes out at the end
+    assert [d.update("caf\ufffd"), d.update("café\n"), d.update("café\n", final=True)] == ["caf", "é", "\n"]
 
 
 def test_create_engine_builds_a_vllm_engine_without_importing_vllm():
@@ -157,6 +169,29 @@ def test_each_packaged_model_answers(prepared, name):
     finally:
         e.release()
     assert not e.loaded and e.resident_bytes() == 0
+
+
+@needs_vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_stream_yields_the_text_generate_gives_step_by_step(prepared, name):
+    """vLLM's engine stepped with delta outputs: joined, generate's text (stop strings of a plain transcript
+    included), the same token counts, the first delta long before the last; closing it aborts the request."""
+    e = _engine(name, prepared[name])
+    e.load()
+    try:
+        req = GenerationRequest.user("What is the capital of France? Answer, then ask me another question.")
+        sampling = SamplingSettings(temperature=0.7, max_tokens=48, seed=3)
+        whole, usage, pieces, arrivals = stream_beside_generate(e, req, sampling)
+        assert e.usage([req], [whole]) == usage and usage[0][1] > 0
+        stream = e.stream(req, SamplingSettings(temperature=0.7, max_tokens=400, seed=3))
+        next(stream)
+        stream.close()
+        assert not e._llm.llm_engine.has_unfinished_requests()  # aborted, nothing left running
+        assert e.generate([req], sampling) == [whole]
+        print(f"\n{name}: {len(pieces)} deltas, first after {arrivals[0]:.3f} s, last after {arrivals[-1]:.3f} s")
+    finally:
+        e.release()
 
 
 @needs_vllm

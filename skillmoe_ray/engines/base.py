@@ -1,7 +1,8 @@
 """The one small interface every engine implements.
 
 The scheduler only needs four things from a model: bring it in, run a batch,
-put it away, and say how much memory it holds. Keeping the interface this
+put it away, and say how much memory it holds (and, for a streamed answer, one
+request's text as it is generated, which any engine can give in one piece). Keeping the interface this
 small is what lets a replayed recording, a cost-model simulation and a real
 vLLM instance be swapped under the same planner and worker code.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 Role = Literal["expert", "keyword", "aggregator"]
 
@@ -118,6 +119,18 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
         """One response text per request, in order."""
+
+    def stream(self, request: GenerationRequest, sampling: SamplingSettings) -> Iterator[str]:
+        """One request's response as text deltas, in order, as they are generated; joined, the text
+        ``generate([request], sampling)`` gives. Afterwards :meth:`usage` counts the call.
+
+        This default, for engines that cannot stream (recordings, anything remote), yields the whole
+        response once. Closing the iterator early stops the generation where the engine can.
+        """
+        self._last_usage = []
+        (text,) = self.generate([request], sampling)
+        if text:
+            yield text
 
     def resident_bytes(self) -> int:
         return 0

@@ -28,6 +28,39 @@ PromptFormat = Literal["auto", "chat", "plain"]
 PLAIN_STOP = ("\nUser:", "\n\nUser:")
 
 
+def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string in it, and whether there was one."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class Deltas:
+    """A response decoded anew as it grows, turned into the deltas a stream may send.
+
+    A delta never holds what a later token could still change: a partial character (the decoder's
+    U+FFFD while a multi-byte character is incomplete) or the start of a stop string. At the first
+    stop string the text is cut as :func:`cut_at_stop` cuts the whole one, and ``stopped`` is set.
+    Joined, the deltas are the final text exactly.
+    """
+
+    def __init__(self, stops: Sequence[str] = ()) -> None:
+        self.stops = tuple(stops)
+        self.sent = 0
+        self.stopped = False
+
+    def update(self, text: str, final: bool = False) -> str:
+        text, self.stopped = cut_at_stop(text, self.stops)
+        end = len(text)
+        if not (final or self.stopped):
+            while end > self.sent and text[end - 1] == "\ufffd":
+                end -= 1
+            end -= max((k for s in self.stops for k in range(1, len(s)) if text[:end].endswith(s[:k])), default=0)
+        if end <= self.sent:
+            return ""
+        delta, self.sent = text[self.sent:end], end
+        return delta
+
+
 def render_plain(messages: Sequence[dict[str, str]]) -> str:
     parts: list[str] = []
     for m in messages:

@@ -57,7 +57,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from ..answers import LETTERS
 from ..errors import DataError
@@ -164,6 +164,8 @@ class CostConstants:
 
 #: how a simulated answer states its simulated length, so a prompt quoting it is as long as it would be
 QUOTED_LENGTH = re.compile(r"\[simulated reasoning: (\d+) tokens\]")
+#: what :meth:`SimulatedEngine.stream` yields at a time: a word and the space after it
+STREAM_PIECE = re.compile(r"\s*\S+\s*")
 
 
 def quoted_tokens(req: GenerationRequest) -> int:
@@ -305,12 +307,14 @@ class SimulatedEngine(Engine):
         return f"{think}[simulated reasoning: {shown} tokens]"
 
     def _answer(self, req: GenerationRequest, sampling: SamplingSettings) -> str:
-        """Right with the skill's accuracy; otherwise a wrong option. Deterministic per (model, question, seed)."""
+        """Right with the skill's accuracy; otherwise a wrong option. Deterministic per (model, question, seed):
+        a data-set question is known by its key, any other (a served request's) by its prompt, as a real
+        engine's seeded sampling is."""
         task_name = (req.key or "GPQA/x/0").split("/")[0]
         task = self.catalogue.find(task_name) or self.catalogue.get("GPQA")
-        h = hashlib.sha256(f"{self.name}|{req.key or req.prompt}|{sampling.seed}".encode()).digest()
-        rng = random.Random(h)
         gold = self._gold(req.key)
+        h = hashlib.sha256(f"{self.name}|{req.key if gold else req.prompt}|{sampling.seed}".encode()).digest()
+        rng = random.Random(h)
         right = rng.random() < self.accuracy_for(list(req.meta.get("skills", ())))
         fmt = task.answer
         if right and gold:
@@ -331,17 +335,36 @@ class SimulatedEngine(Engine):
         """The question's ``prompt_tokens`` plus the simulated lengths of the answers the prompt quotes."""
         return self.spec.constants.prompt_tokens + quoted_tokens(req)
 
+    def _batch_s(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> float:
+        """Modelled seconds of one batch."""
+        prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
+        return self.spec.constants.generate_s(len(requests), sampling.max_tokens, self.tp, prompt)
+
+    def _count(self, requests: list[GenerationRequest], texts: list[str]) -> None:
+        self._last_usage = [(int(self.prompt_tokens(r)), sum(int(m) for m in QUOTED_LENGTH.findall(t)))
+                            for r, t in zip(requests, texts)]
+
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
         self.ensure_loaded()
         if not requests:
             return []
-        consts = self.spec.constants
-        prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
-        self.clock.spend(consts.generate_s(len(requests), sampling.max_tokens, self.tp, prompt))
+        self.clock.spend(self._batch_s(requests, sampling))
         texts = [self._answer(r, sampling) for r in requests]
-        self._last_usage = [(int(self.prompt_tokens(r)), sum(int(m) for m in QUOTED_LENGTH.findall(t)))
-                            for r, t in zip(requests, texts)]
+        self._count(requests, texts)
         return texts
+
+    def stream(self, request: GenerationRequest, sampling: SamplingSettings) -> Iterator[str]:
+        """The answer ``generate`` gives, word by word, its modelled time spread evenly over the words
+        (each word arrives when its share of the time is spent: on a real clock, slept)."""
+        self.ensure_loaded()
+        self._last_usage = []
+        text = self._answer(request, sampling)
+        pieces = STREAM_PIECE.findall(text) or [text]
+        each = self._batch_s([request], sampling) / len(pieces)
+        for piece in pieces:
+            self.clock.spend(each)
+            yield piece
+        self._count([request], [text])
 
 
 def spec_from_args(size_gb: float | None, args: Mapping[str, object]) -> SimulatedSpec:

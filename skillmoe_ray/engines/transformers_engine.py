@@ -15,13 +15,14 @@ there, releasing frees them.
 from __future__ import annotations
 
 import gc
+import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import EngineError
 from .base import Engine, GenerationRequest, SamplingSettings
-from .chat import PLAIN_STOP, encode_messages, use_chat
+from .chat import PLAIN_STOP, Deltas, cut_at_stop, encode_messages, use_chat
 
 
 class TransformersEngine(Engine):
@@ -163,39 +164,115 @@ class TransformersEngine(Engine):
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
+    def _inputs(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> tuple[list, int, dict]:
+        """Prompt ids per request (cut to the context), the padded width, and ``model.generate``'s arguments."""
         import torch
 
-        self.ensure_loaded()
         fmt = self.args.get("prompt_format", "auto")
-        template = self.args.get("chat_template")
-        ids = [encode_messages(self.tokenizer, r.messages, fmt, template) for r in requests]
+        ids = [encode_messages(self.tokenizer, r.messages, fmt, self.args.get("chat_template")) for r in requests]
         max_ctx = int(self.args.get("max_model_len", getattr(self.model.config, "max_position_embeddings", 4096)))
         max_new = max(1, min(sampling.max_tokens, max_ctx - 16))
         ids = [x[-(max_ctx - max_new):] for x in ids]  # keep the end: question and instruction sit there
         width = max(len(x) for x in ids)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device)
-        attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
-        if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": pad}
+        kwargs: dict[str, Any] = {
+            "input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.device),
+            "attention_mask": torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device),
+            "max_new_tokens": max_new, "pad_token_id": pad}
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             kwargs.update(do_sample=False)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
-        texts = self.tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
-        new = out[:, width:]
-        eos = self.tokenizer.eos_token_id
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        return ids, width, kwargs
+
+    def _stops(self) -> tuple[str, ...]:
+        """A plain transcript is cut where the model starts the next turn; a chat template needs no stop string."""
+        chat = use_chat(self.tokenizer, self.args.get("prompt_format", "auto")) or self.args.get("chat_template")
+        return () if chat else PLAIN_STOP
+
+    def _completion_tokens(self, new: Any) -> list[int]:
+        """Tokens generated per row (padding and end-of-sequence tokens not counted)."""
+        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         done = (new == pad) | (new == eos) if eos is not None else (new == pad)
-        self._last_usage = [(len(x), int((~done[i]).sum())) for i, x in enumerate(ids)]
-        if not use_chat(self.tokenizer, fmt) and not template:
-            texts = [_cut(t, PLAIN_STOP) for t in texts]
-        return texts
+        return [int(n) for n in (~done).sum(dim=1)]
 
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
+        import torch
 
-def _cut(text: str, stops: tuple[str, ...]) -> str:
-    cut = min((text.find(s) for s in stops if s in text), default=-1)
-    return text[:cut] if cut >= 0 else text
+        self.ensure_loaded()
+        ids, width, kwargs = self._inputs(requests, sampling)
+        with torch.inference_mode():
+            out = self.model.generate(**kwargs)
+        new = out[:, width:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        self._last_usage = list(zip(map(len, ids), self._completion_tokens(new)))
+        return [cut_at_stop(t, self._stops())[0] for t in texts]
+
+    def stream(self, request: GenerationRequest, sampling: SamplingSettings) -> Iterator[str]:
+        """``model.generate`` on a thread of its own, its tokens handed over one by one as they come.
+
+        The whole response so far is decoded anew at each token (as ``generate`` decodes it at the end)
+        rather than piece by piece as ``TextIteratorStreamer`` does, so the deltas join to exactly the
+        text ``generate`` returns, whatever the tokenizer. Generation stops at a plain transcript's stop
+        string, or when the caller closes the iterator.
+        """
+        import torch
+        from transformers.generation.streamers import BaseStreamer
+        from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+
+        self.ensure_loaded()
+        self._last_usage = []
+        ids, width, kwargs = self._inputs([request], sampling)
+        tokens: queue.Queue = queue.Queue()
+        halt = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        class Feed(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value: Any) -> None:
+                if not self.prompt_seen:  # generate hands over the prompt first
+                    self.prompt_seen = True
+                    return
+                tokens.put(value.reshape(-1).tolist())
+
+            def end(self) -> None:
+                tokens.put(None)
+
+        class Halt(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), halt.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    outcome["out"] = self.model.generate(**kwargs, streamer=Feed(),
+                                                         stopping_criteria=StoppingCriteriaList([Halt()]))
+            except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+                outcome["error"] = exc
+                tokens.put(None)
+
+        thread = threading.Thread(target=run, name=f"stream-{self.name}", daemon=True)
+        thread.start()
+        deltas, new = Deltas(self._stops()), []
+        try:
+            while (got := tokens.get()) is not None:
+                new += got
+                piece = deltas.update(self.tokenizer.decode(new, skip_special_tokens=True))
+                if piece:
+                    yield piece
+                if deltas.stopped:
+                    break
+            halt.set()
+            thread.join()
+            if "error" in outcome:
+                raise EngineError(f"expert {self.name!r}: generation failed ({outcome['error']})")
+            piece = deltas.update(self.tokenizer.decode(new, skip_special_tokens=True), final=True)
+            if piece:
+                yield piece
+        finally:
+            halt.set()  # closed early: the thread stops at its next token
+            thread.join()
+        self._last_usage = [(len(ids[0]), self._completion_tokens(torch.tensor([new]))[0] if new else 0)]

@@ -49,7 +49,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import EngineError, SkillMoEError
 from .base import Engine, GenerationRequest, SamplingSettings
@@ -383,10 +383,8 @@ class VLLMEngine(Engine):
 
     # ------------------------------------------------------------ generation
 
-    def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
-        if not requests:
-            return []
-        self.ensure_loaded()
+    def _prompts(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> tuple[list, list]:
+        """vLLM's prompts (token ids, cut to the context) and sampling parameters, one per request."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -415,13 +413,70 @@ class VLLMEngine(Engine):
                 stop=None if chat else list(PLAIN_STOP),
             ))
             prompts.append(TokensPrompt(prompt_token_ids=ids))
+        return prompts, params
+
+    def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
+        if not requests:
+            return []
+        self.ensure_loaded()
+        assert self._llm is not None
+        prompts, params = self._prompts(requests, sampling)
         t0 = time.perf_counter()
         try:
             outs = self._llm.generate(prompts, params, use_tqdm=False)
         except Exception as exc:
             raise EngineError(f"expert {self.name!r}: generation failed ({type(exc).__name__}: {exc})") from exc
-        dt = time.perf_counter() - t0
         n_out = sum(len(o.outputs[0].token_ids) for o in outs)
-        self.stats.update(generate_s=dt, generated_tokens=n_out, tokens_per_s=n_out / dt if dt > 0 else 0.0)
+        self._timed(time.perf_counter() - t0, n_out)
         self._last_usage = [(len(o.prompt_token_ids or []), len(o.outputs[0].token_ids)) for o in outs]
         return [o.outputs[0].text for o in outs]
+
+    def _timed(self, dt: float, n_out: int) -> None:
+        self.stats.update(generate_s=dt, generated_tokens=n_out, tokens_per_s=n_out / dt if dt > 0 else 0.0)
+
+    def stream(self, request: GenerationRequest, sampling: SamplingSettings) -> Iterator[str]:
+        """The text ``generate`` would give, as vLLM produces it: one engine step at a time.
+
+        ``LLM.generate`` asks its engine for final outputs only. This adds the same prompt with the
+        same sampling parameters (stop strings, max_tokens, seed) to the ``LLM``'s own engine asking
+        for deltas (``RequestOutputKind.DELTA``; vLLM holds back text that could still become a stop
+        string) and steps the engine itself, yielding each step's new text. The engine is this
+        engine's alone and used from one thread, so no other request is in it meanwhile. Closing the
+        iterator early aborts the request in vLLM.
+        """
+        from vllm.sampling_params import RequestOutputKind
+
+        self.ensure_loaded()
+        assert self._llm is not None
+        self._last_usage = []
+        (prompt,), (params,) = self._prompts([request], sampling)
+        params.output_kind = RequestOutputKind.DELTA
+        llm, core = self._llm, self._llm.llm_engine
+        rid = str(next(llm.request_counter))  # the ids LLM.generate uses, so its own bookkeeping stays sound
+        t0 = time.perf_counter()
+        try:
+            # the rendering LLM.generate applies to a prompt before it adds it (vLLM 0.32)
+            core.add_request(rid, llm._preprocess_cmpl_one(prompt), params)
+        except Exception as exc:
+            raise EngineError(f"expert {self.name!r}: generation failed ({type(exc).__name__}: {exc})") from exc
+        n_out, finished = 0, False
+        try:
+            while not finished and core.has_unfinished_requests():
+                try:
+                    outs = core.step()
+                except Exception as exc:
+                    raise EngineError(f"expert {self.name!r}: generation failed ({type(exc).__name__}: {exc})") \
+                        from exc
+                for out in outs:
+                    if out.request_id != rid:
+                        continue
+                    n_out += len(out.outputs[0].token_ids)
+                    finished = out.finished
+                    if out.outputs[0].text:
+                        yield out.outputs[0].text
+        finally:
+            if not finished:  # closed early, or failed: nothing of it may stay in the engine
+                with contextlib.suppress(Exception):
+                    core.abort_request([rid])
+        self._timed(time.perf_counter() - t0, n_out)
+        self._last_usage = [(len(prompt["prompt_token_ids"]), n_out)]

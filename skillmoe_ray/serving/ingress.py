@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -38,7 +38,8 @@ from .builders import AppSpec
 from . import http, metrics
 from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate
 from .scheduler import Overloaded, Unavailable, Work
-from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_chunk, chat_response, usage_dict
+from .schemas import (ChatRequest, SolveRequest, SolveResponse, chat_chunk, chat_response, skillmoe_extra,
+                      usage_dict)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ http.install(api)
 POOL_MODEL = "skillmoe"
 STREAM_KEEPALIVE_S = 2.0
 STREAM_PIECE_CHARS = 64
+#: what a streamed answer says where the aggregator stopped part-way and the fallback vote's answer follows
+FALLBACK_NOTE = "\n\n[the aggregator stopped part-way; answered instead by {who}]\n\n"
 HEALTH_TIMEOUT_S = 5.0
 
 
@@ -141,6 +144,15 @@ class UsageMeter:
         return {"prompt_tokens": round(self.prompt / n), "completion_tokens": round(self.completion / n)}
 
 
+def stage_text(event: dict[str, Any]) -> str:
+    """A scheduler stage event as a stream's comment line says it: ``experts 2/3``, ``aggregating``."""
+    if event["stage"] == "experts":
+        return f"experts {event['done']}/{event['of']}"
+    if event["stage"] == "fallback":
+        return f"fallback ({event['why']}; a vote of the experts answers)"
+    return str(event["stage"])
+
+
 def add_usage(*parts: dict[str, int] | None) -> dict[str, int]:
     return {k: sum((p or {}).get(k, 0) for p in parts) for k in ("prompt_tokens", "completion_tokens")}
 
@@ -225,32 +237,50 @@ class SkillMoEIngress:
         return out
 
     async def _solve(self, ask: Ask) -> dict[str, Any]:
-        sv = self.cfg.serving
-        if len(ask.question) > sv.max_question_chars:
-            raise HTTPError(413, f"question is {len(ask.question)} characters; the limit is {sv.max_question_chars}")
         t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(self._answer(ask), timeout=sv.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPError(504, f"no answer within {sv.request_timeout_s:g} s (task {ask.task}, "
-                                 f"{time.perf_counter() - t0:.1f} s in the system); it may still complete") from None
-        except HTTPError:
-            raise
+            result = await asyncio.wait_for(self._result(ask), timeout=self.cfg.serving.request_timeout_s)
         except Exception as exc:  # noqa: BLE001 - mapped to a status here, once
-            err = user_error(exc)
-            if isinstance(err, (Overloaded, Unavailable)):
-                raise HTTPError(503, str(err), {"Retry-After": "1" if isinstance(err, Overloaded) else "5"}) from None
-            if err is None:
-                log.exception("request %s failed", ask.request_id)
-                raise HTTPError(500, f"internal error ({type(exc).__name__}); the server log has the detail under "
-                                     f"request id {ask.request_id}") from None
-            log.info("request %s: %s", ask.request_id, err)
-            raise HTTPError(422, str(err)) from None
+            raise self._http_error(exc, ask, t0) from None
+        return self._timed(result, t0)
+
+    def _http_error(self, exc: BaseException, ask: Ask, t0: float) -> HTTPError:
+        """What the client is told about a request that failed (or ran out of time)."""
+        if isinstance(exc, HTTPError):
+            return exc
+        if isinstance(exc, asyncio.TimeoutError):
+            return HTTPError(504, f"no answer within {self.cfg.serving.request_timeout_s:g} s (task {ask.task}, "
+                                  f"{time.perf_counter() - t0:.1f} s in the system); it may still complete")
+        err = user_error(exc)
+        if isinstance(err, (Overloaded, Unavailable)):
+            return HTTPError(503, str(err), {"Retry-After": "1" if isinstance(err, Overloaded) else "5"})
+        if err is None:
+            log.error("request %s failed", ask.request_id, exc_info=exc)
+            return HTTPError(500, f"internal error ({type(exc).__name__}); the server log has the detail under "
+                                  f"request id {ask.request_id}")
+        log.info("request %s: %s", ask.request_id, err)
+        return HTTPError(422, str(err))
+
+    @staticmethod
+    def _timed(result: dict[str, Any], t0: float) -> dict[str, Any]:
         result["timings"]["request"] = round(time.perf_counter() - t0, 6)
         metrics.stages(result["timings"])
         return result
 
-    async def _answer(self, ask: Ask) -> dict[str, Any]:
+    async def _result(self, ask: Ask) -> dict[str, Any]:
+        async for event in self._answer(ask):
+            if "result" in event:
+                return event["result"]
+        raise RuntimeError("the answer's events ended without its result")
+
+    async def _answer(self, ask: Ask, stream: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """A request's way through the system: skills and recruitment here, then the scheduler.
+
+        Yields ``{"result": ...}`` last; with ``stream``, before it the scheduler's events as they come
+        (stages reached, the aggregator model's text deltas; see ``Scheduler.solve_stream``). Closing
+        it, or cancelling its task (the client went away), cancels the call to the scheduler, which
+        frees the request's place there.
+        """
         t0 = time.perf_counter()
         ask.stage = "skills"
         prepared = await self._prepare(ask)
@@ -261,19 +291,35 @@ class SkillMoEIngress:
         ask.stage = "experts"
         if pipe.router.cascade and not work.direct:  # rounds: each asks the scheduler, the pipeline decides when
             result = await asyncio.to_thread(self._cascade, pipe, work, skills)
-        else:
-            response = self.scheduler.solve.remote(work)
+        elif stream:
+            call = self.scheduler.options(stream=True).solve_stream.remote(work)
+            result = None
             try:
-                result = await response
+                async for event in call:
+                    if "result" in event:
+                        result = event["result"]
+                        continue
+                    if "stage" in event:
+                        ask.stage = stage_text(event)
+                    yield event
+            finally:
+                if result is None:  # closed early, or the client went away
+                    call.cancel()
+            if result is None:
+                raise RuntimeError("the scheduler's stream ended without a result")
+        else:
+            call = self.scheduler.solve.remote(work)
+            try:
+                result = await call
             except asyncio.CancelledError:  # the client went away: its place in the scheduler is freed
-                response.cancel()
+                call.cancel()
                 raise
         ask.stage = "done"
         result["skills"] = skills
         result["usage"] = add_usage(result.get("usage"), keyword_usage)
         timings = {**timings, **result["timings"], "total": time.perf_counter() - t0}
         result["timings"] = {k: round(v, 6) for k, v in timings.items()}
-        return result
+        yield {"result": result}
 
     @staticmethod
     def _cascade(pipe: Pipeline, work: Work, skills: list[str]) -> dict[str, Any]:
@@ -298,6 +344,9 @@ class SkillMoEIngress:
     # ------------------------------------------------------------------ HTTP
 
     def _ask(self, request: Request, question: str, task: str | None, **kw: Any) -> Ask:
+        limit = self.cfg.serving.max_question_chars
+        if len(question) > limit:
+            raise HTTPError(413, f"question is {len(question)} characters; the limit is {limit}")
         seed = kw.pop("seed", None)
         return Ask(question, self._task_for(task), seed=self.cfg.routing.seed if seed is None else seed,
                    request_id=getattr(request.state, "request_id", ""), **kw)
@@ -383,40 +432,64 @@ class SkillMoEIngress:
                       include_usage: bool) -> Any:
         """OpenAI's server-sent events: a role chunk, content deltas, a finish chunk, [DONE].
 
-        Until the answer is there, a comment line every few seconds keeps the connection open and says
-        which stage the request has reached; a client that disconnects cancels its request.
+        Until the aggregator writes, a comment line names each stage the request reaches
+        (``: stage experts 2/3``), and again every few seconds to keep the connection open. The
+        aggregator model's text is sent as it is generated; an answer that comes whole (a vote, a
+        cascade, one expert asked by name) is sent at the end. If the aggregator fails part-way, a
+        note and then the fallback vote's answer follow the text already sent. A client that
+        disconnects cancels its request.
         """
         def event(data: dict[str, Any]) -> str:
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
+        def content(text: str) -> str:
+            return event(chat_chunk(model, rid, created, {"content": text}))
+
         yield event(chat_chunk(model, rid, created, {"role": "assistant", "content": ""}))
-        task = asyncio.ensure_future(self._solve(ask))
+        t0 = time.perf_counter()
+        deadline = t0 + self.cfg.serving.request_timeout_s
+        events = self._answer(ask, stream=True)
+        sent: list[str] = []
+        fell_back = False  # the aggregator failed part-way: what it wrote is not the start of the answer
+        step: asyncio.Future | None = None
         try:
             while True:
-                done, _ = await asyncio.wait({task}, timeout=STREAM_KEEPALIVE_S)
-                if done:
+                step = step or asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait({step}, timeout=max(0.0, min(STREAM_KEEPALIVE_S,
+                                                                          deadline - time.perf_counter())))
+                if not done:
+                    if time.perf_counter() >= deadline:
+                        raise asyncio.TimeoutError
+                    if await request.is_disconnected():
+                        return
+                    yield f": stage {ask.stage}\n\n"
+                    continue
+                item, step = step.result(), None
+                if "delta" in item:
+                    sent.append(item["delta"])
+                    yield content(item["delta"])
+                elif "stage" in item:
+                    fell_back = fell_back or item["stage"] == "fallback"
+                    yield f": stage {stage_text(item)}\n\n"
+                else:
+                    solved = self._timed(item["result"], t0)
                     break
-                if await request.is_disconnected():
-                    task.cancel()
-                    return
-                yield f": stage {ask.stage}\n\n"
-            try:
-                solved = task.result()
-            except HTTPError as e:
-                body = json.loads(bytes(from_error(e).body))
-                yield event(body)
-                yield "data: [DONE]\n\n"
-                return
-            text = solved["response"]
-            for i in range(0, len(text), STREAM_PIECE_CHARS):
-                yield event(chat_chunk(model, rid, created, {"content": text[i:i + STREAM_PIECE_CHARS]}))
-            yield event(chat_chunk(model, rid, created, {}, finish="stop"))
-            if include_usage:
-                yield event(chat_chunk(model, rid, created, {}, usage=solved.get("usage"), with_choice=False))
+        except Exception as exc:  # noqa: BLE001 - told to the client in OpenAI's error shape
+            yield event(json.loads(bytes(from_error(self._http_error(exc, ask, t0)).body)))
             yield "data: [DONE]\n\n"
+            return
         finally:
-            if not task.done():
-                task.cancel()
+            if step is not None and not step.done():
+                step.cancel()  # the client went away: the scheduler's call is cancelled with it
+        text = solved["response"]
+        rest = f"{FALLBACK_NOTE.format(who=solved['aggregator'])}{text}" if fell_back and sent else \
+            text[len("".join(sent)):]
+        for i in range(0, len(rest), STREAM_PIECE_CHARS):
+            yield content(rest[i:i + STREAM_PIECE_CHARS])
+        yield event({**chat_chunk(model, rid, created, {}, finish="stop"), "skillmoe": skillmoe_extra(solved)})
+        if include_usage:
+            yield event(chat_chunk(model, rid, created, {}, usage=solved.get("usage"), with_choice=False))
+        yield "data: [DONE]\n\n"
 
     async def _body(self, request: Request, model: Any) -> Any:
         """Access first, then the body's shape: a bad request costs no batch slot."""

@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, AsyncIterator, Hashable, Mapping, Sequence
 
 from ..aggregators import VoteAggregator
 from ..engines.base import GenerationRequest, SamplingSettings
@@ -86,6 +86,12 @@ class _Open:
     #: prompt and completion tokens of every model call made for it
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    #: a streamed question's events, in order (stages reached, the aggregator's text); None when not streamed
+    events: asyncio.Queue | None = None
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.events is not None and not self.future.done():
+            self.events.put_nowait(event)
 
 
 @dataclass
@@ -385,6 +391,41 @@ class Scheduler:
 
     async def solve(self, work: Work) -> dict[str, Any]:
         """Admit one routed question into the next micro-batch; its answer when its own experts are done."""
+        q = self._admit(work)
+        try:
+            return await q.future
+        finally:
+            self._release(q)
+
+    async def solve_stream(self, work: Work) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`solve`, as events while it goes: ``{"stage": ...}`` as it reaches each stage (queued,
+        experts n of k, aggregating, a fallback), ``{"delta": text}`` as the aggregator model writes its
+        answer, and last ``{"result": ...}``, the record :meth:`solve` returns. An error is raised, as
+        :meth:`solve` raises it. Closing (or cancelling) the stream frees the question's place at once.
+        """
+        q = self._admit(work, stream=True)
+        assert q.events is not None
+        get: asyncio.Future | None = None
+        try:
+            yield {"stage": "queued"}
+            while True:
+                if q.events.empty() and q.future.done():
+                    break
+                get = asyncio.ensure_future(q.events.get())
+                await asyncio.wait({get, q.future}, return_when=asyncio.FIRST_COMPLETED)
+                if get.done():
+                    yield get.result()
+                else:
+                    get.cancel()
+            yield {"result": q.future.result()}
+        finally:
+            if get is not None and not get.done():
+                get.cancel()
+            if not q.future.done():  # the client went away: its question is dropped wherever it is
+                q.future.cancel()
+            self._release(q)
+
+    def _admit(self, work: Work, stream: bool = False) -> _Open:
         if self._open >= self.max_pending:
             raise Overloaded(f"server is at capacity ({self.max_pending} questions admitted); retry shortly")
         loop = asyncio.get_running_loop()
@@ -392,19 +433,21 @@ class Scheduler:
             self._wakeup = asyncio.Event()
             self._former = loop.create_task(self._form_batches())
         self._ids += 1
-        q = _Open(self._ids, work, loop.create_future(), time.perf_counter(), experts=self._healthy(work))
+        q = _Open(self._ids, work, loop.create_future(), time.perf_counter(), experts=self._healthy(work),
+                  events=asyncio.Queue() if stream else None)
         self._open += 1
         metrics.queue_depth(self._open)
         self._by_id[q.id] = q
         self._queue.append(q)
         assert self._wakeup is not None
         self._wakeup.set()
-        try:
-            return await q.future
-        finally:
-            self._open -= 1
-            metrics.queue_depth(self._open)
-            self._by_id.pop(q.id, None)
+        return q
+
+    def _release(self, q: _Open) -> None:
+        """A question leaves: answered, failed, or its client gone."""
+        self._open -= 1
+        metrics.queue_depth(self._open)
+        self._by_id.pop(q.id, None)
 
     def _healthy(self, work: Work) -> list[str]:
         """The question's experts, each unhealthy one replaced by the best-ranked healthy one it does not have."""
@@ -441,6 +484,7 @@ class Scheduler:
             for q in batch:
                 q.dispatched = t0
                 q.batch_size = len(batch)
+                q.emit({"stage": "experts", "done": 0, "of": len(q.experts)})
             # one round per attempt: experts that fail to load get substitutes and run again
             todo = [(q, slot) for q in batch for slot in range(len(q.experts))]
             running: list[asyncio.Future] = []
@@ -530,6 +574,7 @@ class Scheduler:
                 p, c = result.get("usage", {}).get(key, (0, 0))
                 q.prompt_tokens += p
                 q.completion_tokens += c
+                q.emit({"stage": "experts", "done": len(q.answers), "of": len(q.experts)})
                 if len(q.answers) == len(q.experts):
                     complete.append(q)
             else:  # the expert failed to load
@@ -560,36 +605,86 @@ class Scheduler:
         t0 = time.perf_counter()
         by_task: dict[str, list[_Open]] = {}
         for q in questions:
-            if not q.future.done():
-                by_task.setdefault(q.work.question.task, []).append(q)
+            if q.future.done():
+                continue
+            if q.events is not None and not q.work.direct:  # streamed: its own call, its text as it comes
+                asyncio.get_running_loop().create_task(self._aggregate_streamed(q, t0))
+                continue
+            by_task.setdefault(q.work.question.task, []).append(q)
         for task_name, qs in by_task.items():
-            answers = [[q.answers[s] for s in range(len(q.experts))] for q in qs]
+            answers = [self._answers_of(q) for q in qs]
             direct = [q.work.direct for q in qs]
             routed = [i for i, d in enumerate(direct) if not d]
             merged: list[tuple[str | None, str, str]] = [(ans[0].pred, ans[0].response, ans[0].expert)
                                                          for ans in answers]
             tokens = [(0, 0)] * len(qs)
             if routed:
+                for q in (qs[i] for i in routed):
+                    q.emit({"stage": "aggregating"})
                 out, used = await self.aggregate_with_usage(task_name, [qs[i].work.question for i in routed],
                                                             [answers[i] for i in routed], qs[routed[0]].work.seed,
                                                             [qs[i].work.ranking for i in routed])
                 for i, m, u in zip(routed, out, used):
                     merged[i], tokens[i] = m, u
-            t1 = time.perf_counter()
-            for q, ans, (answer, response, who), (ap, ac) in zip(qs, answers, merged, tokens):
-                if q.future.done():
-                    continue
-                self.usage.update(q.experts)
-                self.served += 1
-                metrics.answered(q.experts, q.prompt_tokens + ap, q.completion_tokens + ac)
-                q.future.set_result({
-                    "answer": answer, "response": response, "experts": list(q.experts),
-                    "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in ans],
-                    "aggregator": who, "task": task_name,
-                    "usage": {"prompt_tokens": q.prompt_tokens + ap, "completion_tokens": q.completion_tokens + ac},
-                    "timings": {"queue": q.dispatched - q.admitted, "experts": t0 - q.dispatched,
-                                "aggregate": t1 - t0, "batch_size": float(q.batch_size)},
-                })
+            for q, ans, m, u in zip(qs, answers, merged, tokens):
+                self._answer(q, ans, m, u, t0)
+
+    @staticmethod
+    def _answers_of(q: _Open) -> list[ExpertAnswer]:
+        return [q.answers[s] for s in range(len(q.experts))]
+
+    def _answer(self, q: _Open, ans: Sequence[ExpertAnswer], merged: tuple[str | None, str, str],
+                tokens: tuple[int, int], t0: float) -> None:
+        """The question's answer record, from its experts' answers and the aggregator's (started at ``t0``)."""
+        if q.future.done():
+            return
+        (answer, response, who), (ap, ac) = merged, tokens
+        self.usage.update(q.experts)
+        self.served += 1
+        metrics.answered(q.experts, q.prompt_tokens + ap, q.completion_tokens + ac)
+        q.future.set_result({
+            "answer": answer, "response": response, "experts": list(q.experts),
+            "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in ans],
+            "aggregator": who, "task": q.work.question.task,
+            "usage": {"prompt_tokens": q.prompt_tokens + ap, "completion_tokens": q.completion_tokens + ac},
+            "timings": {"queue": q.dispatched - q.admitted, "experts": t0 - q.dispatched,
+                        "aggregate": time.perf_counter() - t0, "batch_size": float(q.batch_size)},
+        })
+
+    async def _aggregate_streamed(self, q: _Open, t0: float) -> None:
+        """One streamed question: the aggregator actor's text deltas go to the client as they come.
+
+        If the actor dies, raises, or outlives ``aggregate_timeout_s`` part-way, the answer falls back
+        to a vote of the experts, as :meth:`aggregate_with_usage` does; the client is told with a
+        ``fallback`` stage event, and the vote's record (its response, ``aggregator: vote (fallback:
+        ...)``) follows whatever text it already has. If the client goes away, the call is cancelled.
+        """
+        task_name, ans = q.work.question.task, self._answers_of(q)
+        q.emit({"stage": "aggregating"})
+        actor = self.aggregators.get(task_name)
+        why = "no aggregator actor"
+        if actor is not None:
+            stream = actor.aggregate_stream.options(num_returns="streaming", max_task_retries=0).remote(
+                task_name, q.work.question, list(ans), q.work.seed)
+            deadline = time.perf_counter() + self.aggregate_timeout_s
+            try:
+                while True:
+                    item = await asyncio.wait_for(_next(stream), timeout=max(0.0, deadline - time.perf_counter()))
+                    if q.future.done():  # the client went away: the actor stops generating
+                        _cancel(stream)
+                        return
+                    if isinstance(item, str):
+                        q.emit({"delta": item})
+                        continue
+                    (merged,), (tokens,) = item
+                    self._answer(q, ans, merged, tokens, t0)
+                    return
+            except Exception as exc:  # noqa: BLE001 - actor died, timed out or raised: the experts' answers stand
+                _cancel(stream)
+                why = self._aggregator_failed(task_name, exc)
+                q.emit({"stage": "fallback", "why": why})
+        (merged,), (tokens,) = self._vote(task_name, [q.work.question], [ans], q.work.seed, [q.work.ranking], why)
+        self._answer(q, ans, merged, tokens, t0)
 
     async def aggregate(self, task_name: str, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                         seed: int, rankings: Sequence[Sequence[str]] | None = None) -> list[tuple[str | None, str, str]]:
@@ -601,17 +696,25 @@ class Scheduler:
                                    rankings: Sequence[Sequence[str]] | None = None) -> tuple[list, list]:
         """:meth:`aggregate`, and the aggregator model's (prompt, completion) tokens per question."""
         actor = self.aggregators.get(task_name)
-        if actor is not None:
-            try:
-                return await asyncio.wait_for(actor.aggregate_with_usage.remote(task_name, list(questions),
-                                                                                [list(a) for a in answers], seed),
-                                              timeout=self.aggregate_timeout_s)
-            except Exception as exc:  # noqa: BLE001 - actor died, timed out or raised: the experts' answers stand
-                why = f"aggregator {self.aggregator_names.get(task_name, '?')} failed"
-                log.warning("%s (%s); falling back to a vote of the experts", why, type(exc).__name__)
-                metrics.aggregator_fallback(task_name)
-        else:
-            why = "no aggregator actor"
+        if actor is None:
+            return self._vote(task_name, questions, answers, seed, rankings, "no aggregator actor")
+        try:
+            return await asyncio.wait_for(actor.aggregate_with_usage.remote(task_name, list(questions),
+                                                                            [list(a) for a in answers], seed),
+                                          timeout=self.aggregate_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - actor died, timed out or raised: the experts' answers stand
+            why = self._aggregator_failed(task_name, exc)
+        return self._vote(task_name, questions, answers, seed, rankings, why)
+
+    def _aggregator_failed(self, task_name: str, exc: BaseException) -> str:
+        why = f"aggregator {self.aggregator_names.get(task_name, '?')} failed"
+        log.warning("%s (%s); falling back to a vote of the experts", why, type(exc).__name__)
+        metrics.aggregator_fallback(task_name)
+        return why
+
+    def _vote(self, task_name: str, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]], seed: int,
+              rankings: Sequence[Sequence[str]] | None, why: str) -> tuple[list, list]:
+        """The fallback: a vote of each question's experts, marked with why the aggregator was not used."""
         task = self.catalogue.get(task_name)
         out = []
         for i, (q, ans) in enumerate(zip(questions, answers)):
@@ -629,6 +732,11 @@ class Scheduler:
 
 async def _await(ref: Any) -> Any:
     return await ref
+
+
+async def _next(stream: Any) -> Any:
+    """The next item of a Ray streaming generator (``num_returns="streaming"``)."""
+    return await (await stream.__anext__())
 
 
 def _actor_gone(exc: BaseException) -> bool:

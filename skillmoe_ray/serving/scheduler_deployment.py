@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from ray import serve
 
@@ -110,6 +110,16 @@ class SkillMoEScheduler:
 
     async def solve(self, work: Work) -> dict[str, Any]:
         return await self.core.solve(work)
+
+    async def solve_stream(self, work: Work) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`solve` as a stream of events (stages, the aggregator's text, the record last); ingress
+        replicas call it with ``handle.options(stream=True)``, and cancelling their call closes it."""
+        events = self.core.solve_stream(work)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # frees the question's place now, not when the generator is collected
 
     async def run_plan(self, plan: ExpertPlan, sampling: SamplingSettings, with_usage: bool = False) -> Any:
         return await self.core.run_plan(plan, sampling, with_usage)

@@ -112,8 +112,13 @@ def chat_response(model: str, solved: dict[str, Any], created: int, rid: str) ->
         "choices": [{"index": 0, "message": {"role": "assistant", "content": solved["response"]},
                      "finish_reason": "stop"}],
         "usage": usage_dict(solved.get("usage")),
-        "skillmoe": {k: solved[k] for k in ("answer", "skills", "experts", "aggregator", "task", "timings")},
+        "skillmoe": skillmoe_extra(solved),
     }
+
+
+def skillmoe_extra(solved: dict[str, Any]) -> dict[str, Any]:
+    """What a chat response (and a stream's finish chunk) adds to OpenAI's fields: answer, skills, experts, ..."""
+    return {k: solved[k] for k in ("answer", "skills", "experts", "aggregator", "task", "timings")}
 
 
 def chat_chunk(model: str, rid: str, created: int, delta: dict[str, Any], finish: str | None = None,

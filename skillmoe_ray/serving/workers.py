@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from dataclasses import asdict, replace
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
@@ -205,6 +205,16 @@ class ExpertWorker:
         }
 
 
+def _cancelled() -> bool:
+    """Whether Ray was asked to cancel the task running here (False outside a Ray worker)."""
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().is_canceled()
+    except Exception:  # noqa: BLE001 - a driver, or an async actor
+        return False
+
+
 def _node_id() -> str:
     """The Ray node this process runs on ("" outside Ray: tests and benchmarks drive workers directly)."""
     try:
@@ -254,14 +264,45 @@ class AggregatorWorker:
                              seed: int) -> tuple[list[tuple[str | None, str, str]], list[tuple[int, int]]]:
         """The merged answers, and the aggregator model's (prompt, completion) tokens per question."""
         merged = self.aggregate(task_name, questions, answers, seed)
+        return merged, self._usage(merged)
+
+    def _usage(self, merged: list[tuple[str | None, str, str]]) -> list[tuple[int, int]]:
+        """The aggregator model's (prompt, completion) tokens of its last call, one pair per merged answer."""
         if self.engine is None or self.mode != "llm":
-            return merged, [(0, 0)] * len(merged)
+            return [(0, 0)] * len(merged)
         usage = list(self.engine._last_usage)
         if len(usage) != len(merged):  # the engine counted nothing: estimate from the texts
             from ..engines.base import estimate_tokens
 
             usage = [(0, estimate_tokens(r)) for _, r, _ in merged]
-        return merged, usage
+        return usage
+
+    def aggregate_stream(self, task_name: str, question: Any, answers: list, seed: int) -> Iterator[Any]:
+        """One question, streamed (a Ray streaming generator: call with ``num_returns="streaming"``).
+
+        Yields the aggregator model's text deltas (``str``) as it writes them, then, last,
+        ``(merged, usage)`` as :meth:`aggregate_with_usage` returns them for this one question; the
+        answer in it is read from the whole text, as the non-streaming call reads it. A vote yields
+        no deltas, only that last item. A cancelled call stops generating at its next delta.
+        """
+        if self.mode != "llm" or self.engine is None:
+            yield self.aggregate_with_usage(task_name, [question], [answers], seed)
+            return
+        from ..aggregators import LLMAggregator
+
+        pieces = LLMAggregator(self.engine.name, self.max_tokens).stream(self.catalogue.get(task_name), question,
+                                                                         answers, self.engine, seed)
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as stop:
+                merged = [stop.value]
+                break
+            if _cancelled():
+                pieces.close()  # the engine stops generating (vLLM aborts the request)
+                return
+            yield piece
+        yield merged, self._usage(merged)
 
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "model": self.engine.name if self.engine else None,
