@@ -60,3 +60,20 @@ def test_serve_reports_progress_and_readiness(tmp_path):
     assert "starting" in out and "loading profiles" in out and "skillmoe: serving" in out, out[-2000:]
     assert "Traceback" not in out, out[-3000:]
     assert proc.returncode == 0
+
+
+def test_ctrl_c_the_moment_it_answers_stops_it_cleanly(tmp_path):
+    """The application answers /healthz a moment before `serve.run` returns to the CLI: a Ctrl-C that lands
+    then stops the server as one later would (exit 0, no traceback), not as an interrupted start."""
+    from conftest import ROOT
+
+    server = ServeProcess(ROOT / "examples" / "arithmetic" / "recorded.yaml", free_port(), cwd=tmp_path)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and server.proc.poll() is None and _health(server.url)[0] != 200:
+            time.sleep(0.05)
+        assert _health(server.url)[0] == 200, server.output[-3000:]
+    finally:
+        code = server.stop()
+    assert code == 0 and "skillmoe: stopping" in server.output, server.output[-3000:]
+    assert "Traceback" not in server.output and "interrupted" not in server.output, server.output[-3000:]

@@ -102,7 +102,14 @@ def serve_forever(config_path: str | Path, cfg: Config, host: str, port: int, ad
     import threading
 
     init_ray(cfg, address)
-    url = start_serving(config_path, cfg, host, port, recorded_dir, announce=True)
+    try:
+        url = start_serving(config_path, cfg, host, port, recorded_dir, announce=True)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting (or in the moment between the application answering and serve.run returning,
+        # before the handlers below are in place): the same clean stop as once it serves
+        print("skillmoe: stopping", flush=True)
+        stop_serving()
+        return None
     print(f"skillmoe: serving {cfg.name} at {url}  (POST {url}/v1/solve, {url}/v1/chat/completions; "
           f"GET {url}/v1/pool, {url}/healthz) - Ctrl-C to stop", flush=True)
     stop = threading.Event()
