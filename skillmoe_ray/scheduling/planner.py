@@ -12,7 +12,8 @@ that question alone, as a per-request system would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Protocol, Sequence
+from functools import lru_cache
+from typing import Callable, Mapping, Protocol, Sequence
 
 from ..engines.base import GenerationRequest
 from .residency import Limits, Outcome, Tiers, after_job, simulate, step
@@ -167,8 +168,10 @@ def _list_schedule(work: Mapping[str, int], parts: Mapping[str, int], workers: S
 
 
 def _finish(wid: int, jobs: Mapping[int, list[str]], shares: Mapping[int, Mapping[str, int]],
-            predicted: Mapping[int, Outcome], busy: Mapping[int, float], cost: Costs) -> float:
-    return busy[wid] + sum(_bring_cost(cost, e, b) + cost.generate(e, shares[wid][e])
+            predicted: Mapping[int, Outcome], busy: Mapping[int, float], cost: Costs,
+            generate: Callable[[str, int], float] | None = None) -> float:
+    gen = generate or cost.generate
+    return busy[wid] + sum(_bring_cost(cost, e, b) + gen(e, shares[wid][e])
                            for e, b in zip(jobs[wid], predicted[wid].brings))
 
 
@@ -183,7 +186,9 @@ def _rebalance(jobs: Mapping[int, list[str]], shares: dict[int, dict[str, int]],
     that share an expert, so the makespan never grows; repeated, the moves
     spread slack along chains of shared experts. Mutates ``shares``.
     """
-    finish = {wid: _finish(wid, jobs, shares, predicted, busy, cost) for wid in jobs}
+    # the moves ask for the same few batch sizes over and over; a cost model's generate may be far from free
+    generate = lru_cache(maxsize=None)(cost.generate)
+    finish = {wid: _finish(wid, jobs, shares, predicted, busy, cost, generate) for wid in jobs}
     split = [e for e in {e for j in jobs.values() for e in j} if sum(e in sh for sh in shares.values()) > 1]
     for _ in range(64 * max(1, len(jobs))):
         best: tuple[float, str, int, int, int] | None = None
@@ -194,11 +199,11 @@ def _rebalance(jobs: Mapping[int, list[str]], shares: dict[int, dict[str, int]],
                     n_h, n_l = shares[hi_w][e], shares[lo_w][e]
                     if finish[hi_w] <= finish[lo_w] or n_h < 2:
                         continue
-                    gen_h, gen_l = cost.generate(e, n_h), cost.generate(e, n_l)
+                    gen_h, gen_l = generate(e, n_h), generate(e, n_l)
 
                     def after(m: int) -> tuple[float, float]:
-                        return (finish[hi_w] - gen_h + cost.generate(e, n_h - m),
-                                finish[lo_w] - gen_l + cost.generate(e, n_l + m))
+                        return (finish[hi_w] - gen_h + generate(e, n_h - m),
+                                finish[lo_w] - gen_l + generate(e, n_l + m))
 
                     lo, hi = 1, n_h - 1  # the largest move that leaves the busier worker no earlier than the other
                     while lo < hi:
@@ -214,8 +219,8 @@ def _rebalance(jobs: Mapping[int, list[str]], shares: dict[int, dict[str, int]],
         _, e, hi_w, lo_w, m = best
         shares[hi_w][e] -= m
         shares[lo_w][e] += m
-        finish[hi_w] = _finish(hi_w, jobs, shares, predicted, busy, cost)
-        finish[lo_w] = _finish(lo_w, jobs, shares, predicted, busy, cost)
+        finish[hi_w] = _finish(hi_w, jobs, shares, predicted, busy, cost, generate)
+        finish[lo_w] = _finish(lo_w, jobs, shares, predicted, busy, cost, generate)
 
 
 def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: Costs,
