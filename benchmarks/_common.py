@@ -42,7 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cluster(nodes: int, gpus_per_node: int, cpus_per_node: float):
+def start_cluster(nodes: int, gpus_per_node: int, cpus_per_node: int):
     """A private multi-node Ray cluster on this machine (Ray's own ``ray.cluster_utils.Cluster``), connected.
 
     The head has no GPUs, like a cluster whose head runs only the control plane;

@@ -304,13 +304,14 @@ def main_nodes(args) -> int:
     Both layouts are private ``ray.cluster_utils.Cluster`` clusters (a GPU-less
     head plus worker nodes, each its own raylet), so the only difference is
     whether a worker's node is shared: workers are placed with SPREAD, so at
-    W >= nodes every node runs some. Efficiency at W is (s/q at 1) / (W x s/q at
-    W), each layout against its own W = 1; the predicted column is the planner's
-    own makespan, which knows nothing of nodes.
+    W >= nodes every node runs some. Efficiency at W is (B x s/q at B) / (W x s/q
+    at W), B the fewest workers measured (1 by default), each layout against its
+    own; the predicted column is the planner's own makespan, which knows nothing of
+    nodes.
     """
     import ray
 
-    measured_w = [int(w) for w in (args.workers or "1,2,4,8").split(",")]
+    measured_w = sorted(int(w) for w in (args.workers or "1,2,4,8").split(","))
     scale = args.scale or 0.004
     most = max(measured_w)
     per_node = -(-most // args.nodes)
@@ -331,14 +332,16 @@ def main_nodes(args) -> int:
             ray.shutdown()
             cluster.shutdown()
 
-    def eff(sq1: float, w: int, sqw: float) -> str:
-        return f"{100 * sq1 / (w * sqw):.0f}%"
+    b = measured_w[0]
+
+    def eff(base_sq: float, w: int, sq: float) -> str:
+        return f"{100 * b * base_sq / (w * sq):.0f}%"
 
     table = []
     for w in measured_w:
-        cells = [w, f"{predicted[w]:.2f}", eff(predicted[measured_w[0]], w, predicted[w])]
+        cells = [w, f"{predicted[w]:.2f}", eff(predicted[b], w, predicted[w])]
         for label, _, _ in layouts:
-            m, base = rows[(label, w)], rows[(label, measured_w[0])]
+            m, base = rows[(label, w)], rows[(label, b)]
             cells += [f"{m['per_question_s']:.2f}", m["nodes"], eff(base["per_question_s"], w, m["per_question_s"])]
         table.append(cells)
     headers = ["workers", "predicted s/q", "predicted efficiency"]
@@ -350,7 +353,7 @@ def main_nodes(args) -> int:
                f"{len(s['rt'].experts)} simulated experts, through the serving path (planner, scheduler, worker "
                f"actors), one worker per logical GPU placed with SPREAD. Layouts: one node with {most} GPUs, and "
                f"{args.nodes} nodes with {per_node} GPUs each, each behind a GPU-less head. Time scale {scale}. "
-               f"Efficiency at W = (s/q at W=1) / (W x s/q at W).")
+               f"Efficiency at W = ({measured_w[0]} x s/q at W={measured_w[0]}) / (W x s/q at W).")
     payload = {"setting": setting, "scale": scale, "nodes": args.nodes, "gpus_per_node": per_node,
                "rows": [{"layout": label, "workers": w, "predicted": predicted[w], **m}
                         for (label, w), m in rows.items()]}

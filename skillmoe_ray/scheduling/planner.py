@@ -161,22 +161,20 @@ def _list_schedule(work: Mapping[str, int], parts: Mapping[str, int], workers: S
     # the prediction: each worker's whole job list through the policy, with the look-ahead the worker has
     predicted = {wid: simulate(start[wid], jobs[wid], lim[wid]) for wid in jobs}
     busy = {w.wid: w.busy_s for w in workers}
-    _rebalance(jobs, shares, predicted, busy, cost)
-    finish = {wid: _finish(wid, jobs, shares, predicted, busy, cost) for wid in jobs}
+    finish = _rebalance(jobs, shares, predicted, busy, cost)
     loads = sum(o.loads for o in predicted.values())
     return Assignment(jobs, finish, loads, shares, predicted)
 
 
 def _finish(wid: int, jobs: Mapping[int, list[str]], shares: Mapping[int, Mapping[str, int]],
             predicted: Mapping[int, Outcome], busy: Mapping[int, float], cost: Costs,
-            generate: Callable[[str, int], float] | None = None) -> float:
-    gen = generate or cost.generate
-    return busy[wid] + sum(_bring_cost(cost, e, b) + gen(e, shares[wid][e])
+            generate: Callable[[str, int], float]) -> float:
+    return busy[wid] + sum(_bring_cost(cost, e, b) + generate(e, shares[wid][e])
                            for e, b in zip(jobs[wid], predicted[wid].brings))
 
 
 def _rebalance(jobs: Mapping[int, list[str]], shares: dict[int, dict[str, int]], predicted: Mapping[int, Outcome],
-               busy: Mapping[int, float], cost: Costs) -> None:
+               busy: Mapping[int, float], cost: Costs) -> dict[int, float]:
     """Even out the workers' finishing times by moving prompts of split experts between their pieces.
 
     Equal pieces leave the workers that paid a load (or carry a second job)
@@ -184,12 +182,13 @@ def _rebalance(jobs: Mapping[int, list[str]], shares: dict[int, dict[str, int]],
     so a move changes no load, wake or job order (the residency prediction
     stands), only generation times. Each move balances one pair of workers
     that share an expert, so the makespan never grows; repeated, the moves
-    spread slack along chains of shared experts. Mutates ``shares``.
+    spread slack along chains of shared experts. Mutates ``shares``; returns each worker's finishing time.
     """
     # the moves ask for the same few batch sizes over and over; a cost model's generate may be far from free
     generate = lru_cache(maxsize=None)(cost.generate)
     finish = {wid: _finish(wid, jobs, shares, predicted, busy, cost, generate) for wid in jobs}
-    split = [e for e in {e for j in jobs.values() for e in j} if sum(e in sh for sh in shares.values()) > 1]
+    # sorted: among equal gains the first found wins, so the plan must not depend on a set's hash order
+    split = sorted(e for e in {e for j in jobs.values() for e in j} if sum(e in sh for sh in shares.values()) > 1)
     for _ in range(64 * max(1, len(jobs))):
         best: tuple[float, str, int, int, int] | None = None
         for e in split:
@@ -215,12 +214,13 @@ def _rebalance(jobs: Mapping[int, list[str]], shares: dict[int, dict[str, int]],
                         if gain > 1e-6 and (best is None or gain > best[0]):
                             best = (gain, e, hi_w, lo_w, m)
         if best is None:
-            return
+            break
         _, e, hi_w, lo_w, m = best
         shares[hi_w][e] -= m
         shares[lo_w][e] += m
         finish[hi_w] = _finish(hi_w, jobs, shares, predicted, busy, cost, generate)
         finish[lo_w] = _finish(lo_w, jobs, shares, predicted, busy, cost, generate)
+    return finish
 
 
 def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: Costs,
@@ -235,7 +235,8 @@ def plan_grouped(work: Mapping[str, int], workers: Sequence[WorkerState], cost: 
     ``split``, a job that sets the makespan is then split over one more worker
     at a time (each piece pays its own load) for as long as that shortens the
     batch: one expert holding most of a batch's prompts would otherwise leave
-    the other workers idle.
+    the other workers idle. The pieces are sized so that their workers finish
+    together (see ``_rebalance``), not cut equal.
     """
     if not workers:
         raise ValueError("no workers to plan onto")
