@@ -9,7 +9,9 @@ math-verify, gold first (its argument order matters).
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 LETTERS = "ABCDEFGHIJ"
@@ -40,6 +42,19 @@ def extract_choice(text: str, num_choices: int) -> str | None:
         return match.group(1)
     match = fallback.search(text)
     return match.group(1) if match else None
+
+
+_BARE_CHOICE = re.compile(r"^\s*\(?([A-J])\)?(?:[.):\s]|$)|^\s*\(?([a-j])\)?\s*$")
+
+
+def choice_value(value: str, num_choices: int) -> str | None:
+    """The letter an answer field holds: ``B``, ``(B)``, ``B. text``, or a stated "answer is (B)"."""
+    letters = choice_letters(num_choices)
+    m = _BARE_CHOICE.match(value)
+    letter = (m.group(1) or m.group(2)).upper() if m else None
+    if letter and letter in letters:
+        return letter
+    return extract_choice(value, num_choices)
 
 
 def last_boxed(text: str) -> str | None:
@@ -157,26 +172,161 @@ def last_number(text: str) -> float | None:
 
 
 def extract_number(text: str, field: str | None = None) -> str | None:
-    """The answer as a canonical number: after the last ``<field>:`` if a field is named, else the last
+    """The answer as a canonical number: the last number of the last ``<field>:`` value if a field is
+    named (``Answer:``, ``"answer":``, ``**Answer:**``: decorations are the same field), else the last
     number in the response (after any thinking section)."""
     if not text:
         return None
     text = strip_thinking(text)
     if field:
-        value = None
-        for m in _field_pattern(field).finditer(text):
-            # the last "<field>:" wins; on its line, the first number is the answer ("Answer: 42 apples, 6 left")
-            found = _numbers(m.group(1))
-            value = found[0] if found else None
-        return None if value is None else format_number(value)
+        value = field_value(text, field)
+        return None if value is None else number_in(value)
     value = last_number(text)
     return None if value is None else format_number(value)
 
 
+def number_in(value: str) -> str | None:
+    """The last number of an answer's own text ("24 * $12.00 = $288.00" is 288), canonical; None if none."""
+    found = last_number(value)
+    return None if found is None else format_number(found)
+
+
+def field_name(field: str) -> str:
+    """The bare name of a field as a user may write it: ``"answer":``, ``**Answer:**``, ``answer =`` are
+    ``answer`` / ``Answer``."""
+    return field.strip().strip("*_`\"' ").rstrip(":=").strip().strip("*_`\"' ")
+
+
 @lru_cache(maxsize=64)
 def _field_pattern(field: str) -> re.Pattern[str]:
-    # "Answer: 42", "**Answer:** 42", "Answer = 42"; the rest of the line is where the number is
-    return re.compile(rf"(?i)(?<!\w)\**{re.escape(field)}\**\s*[:=]\s*\**([^\n]*)")
+    # Answer: 42 / **Answer:** 42 / "answer": "42" / Answer = 42; what follows is the field's value
+    name = re.escape(field_name(field) or field)
+    return re.compile(rf"(?i)(?<![\w])[*_`\"']*{name}[*_`\"']*\s*[:=]\s*\**\s*")
+
+
+def field_value(text: str, field: str) -> str | None:
+    """The value of the last ``<field>:`` of a response: a quoted string to its closing quote (as JSON
+    writes it), else the rest of the line; None if the field is not there."""
+    last = None
+    for m in _field_pattern(field).finditer(text):
+        last = m
+    if last is None:
+        return None
+    rest = text[last.end():]
+    if rest.startswith('"'):
+        value, _ = _json_string(rest)
+        return value
+    return rest.split("\n", 1)[0]
+
+
+# ---------------------------------------------------------------- answers written as JSON
+
+#: the start of a JSON object with a string key
+_OBJECT = re.compile(r'\{\s*"')
+_FENCE_OPEN = re.compile(r"^```[A-Za-z]*\s*")
+
+
+@dataclass(frozen=True)
+class JsonAnswer:
+    """A response written as a JSON object: the text of its answer field (None: absent, null or cut off)."""
+
+    value: str | None
+
+
+def _json_string(text: str) -> tuple[str, bool]:
+    """The string that ``text`` starts with (a ``"``), unescaped, and whether it was closed; a string cut
+    short by the end of the response is read as far as it goes."""
+    i, escaped = 1, False
+    while i < len(text):
+        c = text[i]
+        if escaped:
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        elif c == '"':
+            try:
+                return json.loads(text[: i + 1]), True
+            except json.JSONDecodeError:
+                return text[1:i], True
+        i += 1
+    raw = text[1:].rstrip("\\")
+    try:
+        return json.loads(f'"{raw}"'), False
+    except json.JSONDecodeError:
+        return raw, False
+
+
+def _as_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return format_number(float(value)) if value == value else None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _lookup(obj: dict, key: str) -> tuple[bool, object]:
+    for k, v in obj.items():
+        if isinstance(k, str) and k.strip().casefold() == key.casefold():
+            return True, v
+    return False, None
+
+
+def _lenient(body: str, key: str) -> str | None:
+    """The key's value in a JSON object that does not parse (cut short, or with a stray character)."""
+    pattern = re.compile(rf'(?i)"{re.escape(key)}"\s*:\s*')
+    last = None
+    for m in pattern.finditer(body):
+        last = m
+    if last is None:
+        return None
+    rest = body[last.end():]
+    if rest.startswith('"'):
+        value, closed = _json_string(rest)
+        return value if closed else None  # an answer cut off mid-string is no answer
+    token = re.match(r"[^,}\]\n]*", rest).group(0).strip()
+    if not token or token == "null" or len(rest) == len(token):  # nothing, null, or cut off mid-value
+        return None
+    return token
+
+
+def json_answer(text: str, key: str) -> JsonAnswer | None:
+    """How a response written as JSON answers: the value of ``key`` when the response is, starts with
+    or ends with a JSON object. None when the response is not written as JSON (read it as text).
+
+    A response that *starts* with an object is read only from that object: text after its closing
+    brace (a recomputation, a second thought) is not the answer, and an object cut short (the token
+    limit) or without the key answers nothing rather than a number from its reasoning. A response that
+    ends with an object is read from it when the object has the key. Keys match regardless of case.
+    """
+    if not text:
+        return None
+    body = strip_thinking(text).strip()
+    fence = _FENCE_OPEN.match(body)
+    if fence:
+        body = body[fence.end():]
+    decoder = json.JSONDecoder()
+    if _OBJECT.match(body):
+        try:
+            obj, _ = decoder.raw_decode(body)
+        except json.JSONDecodeError:
+            return JsonAnswer(_lenient(body, key))
+        if isinstance(obj, dict):
+            return JsonAnswer(_as_text(_lookup(obj, key)[1]))
+    tail = body.rstrip().removesuffix("```").rstrip()
+    for m in reversed(list(_OBJECT.finditer(tail))):
+        try:
+            obj, end = decoder.raw_decode(tail, m.start())
+        except json.JSONDecodeError:
+            continue
+        if end != len(tail):
+            return None  # the last object that parses is not at the end: text follows it
+        has, value = _lookup(obj, key) if isinstance(obj, dict) else (False, None)
+        return JsonAnswer(_as_text(value)) if has else None
+    return None
 
 
 def numbers_equal(a: float, b: float, tolerance: float = 0.0, relative: float = 0.0) -> bool:
@@ -209,6 +359,14 @@ def extract_stated(text: str) -> str | None:
         return None
     found = text[last.end():].split("\n", 1)[0]
     found = " ".join(found.replace("*", " ").split()).strip().rstrip(".").strip()
+    found = found.strip("\"'`\u201c\u201d\u2018\u2019 ")
+    return found or None
+
+
+def clean_stated(value: str) -> str | None:
+    """An answer field's text as a stated answer: spacing, surrounding emphasis and quotes, and a final
+    period removed."""
+    found = " ".join(value.split()).strip().strip("*_").strip().rstrip(".").strip()
     found = found.strip("\"'`\u201c\u201d\u2018\u2019 ")
     return found or None
 

@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--task", required=True,
                         help="a built-in task (MMLU_Pro, GPQA, MedMCQA, AIME24) or one the deployment defines")
         sp.add_argument("--recorded-dir", help="use the <model>.jsonl.gz recordings in DIR as the pool")
+        state_dir(sp)
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def state_dir(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--state-dir", help="profiles and caches here instead of the config's state_dir "
+                                            "(which is relative to the config file)")
 
     sp = sub.add_parser("profile", help="build and save expert profiles and the aggregator choice")
     common(sp)
@@ -89,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="port (default: the config's serving.port, 8000)")
     sp.add_argument("--address", help="join this Ray cluster instead of starting a private local one")
     sp.add_argument("--recorded-dir", help="use the <model>.jsonl.gz recordings in DIR as the pool")
+    state_dir(sp)
     return p
 
 
@@ -119,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "models":
         return _models(args)
     cfg = load_config(args.config)
+    if getattr(args, "state_dir", None):
+        cfg.state_dir = str(Path(args.state_dir).expanduser().resolve())
     if args.command == "generate":
         return _generate(args, cfg)
     if args.command == "serve":
@@ -133,11 +141,16 @@ def _run(args: argparse.Namespace) -> int:
     task = rt.task(args.task)
 
     if args.command == "profile":
+        from .evaluate import profile_readability
+
         prof = rt.profiles(task, rebuild=args.force)
         print(f"profiles: {rt.profiles_path(task)}")
         for name in prof.ranking():
             print(f"  {name:<36} validation accuracy {100 * prof.accuracy[name]:5.1f}%")
         print(f"  {len(prof.skills)} skills; aggregator: {prof.aggregator.get('name')}")
+        unread = profile_readability(prof)
+        if unread:
+            print("responses with no answer read from them:", *unread, sep="\n")
         return 0
 
     if args.command == "evaluate":

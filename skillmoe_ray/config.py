@@ -36,21 +36,28 @@ def relative_to(source: Path | None, value: str) -> Path:
 # ---------------------------------------------------------------- task definitions
 
 
-class ChoiceAnswer(_Strict):
+class _AnswerSpec(_Strict):
+    #: a response written as a JSON object (``{"reasoning": ..., "answer": ...}``) is read from this
+    #: field only (keys match regardless of case); null reads every response as text
+    json_key: str | None = Field(default="answer", min_length=1)
+
+
+class ChoiceAnswer(_AnswerSpec):
     """A letter among ``options`` choices, read from the first "answer is (X)" (the MMLU-Pro harness's rule)."""
 
     type: Literal["choice"]
     options: int = Field(ge=2, le=10)
 
 
-class BoxedAnswer(_Strict):
+class BoxedAnswer(_AnswerSpec):
     """The last ``\\boxed{...}``, compared with math-verify."""
 
     type: Literal["boxed"]
 
 
-class NumberAnswer(_Strict):
-    """A number: after the last ``<field>:`` when ``field`` is set, else the last number of the response;
+class NumberAnswer(_AnswerSpec):
+    """A number: the last number of the last ``<field>:`` value when ``field`` is set (``Answer``,
+    ``Answer:``, ``"answer":`` and ``**Answer:**`` are one field), else the last number of the response;
     equal to the gold within ``tolerance`` (absolute) or ``relative_tolerance`` (of the larger magnitude)."""
 
     type: Literal["number"]
@@ -59,14 +66,14 @@ class NumberAnswer(_Strict):
     relative_tolerance: float = Field(default=0.0, ge=0, lt=1)
 
 
-class ExactAnswer(_Strict):
+class ExactAnswer(_AnswerSpec):
     """The text after the last "answer is" or "Answer:", equal to the gold ignoring case, spacing,
     quotes and a final period."""
 
     type: Literal["exact"]
 
 
-class RegexAnswer(_Strict):
+class RegexAnswer(_AnswerSpec):
     """Group 1 of the last match of ``pattern``, compared as exact text."""
 
     type: Literal["regex"]
@@ -165,8 +172,11 @@ class ExpertConfig(_Strict):
 class PoolConfig(_Strict):
     experts: list[ExpertConfig] = Field(default_factory=list)
     #: shorthand for a recorded pool: every ``*.jsonl.gz`` in the folder is one expert
-    #: ("builtin:mmlu_pro" is the recording shipped with the package)
+    #: ("builtin:mmlu_pro" is the recording shipped with the package); relative to this file
     recorded_dir: str | None = None
+    #: the task recorded_dir's recordings answer (default: the task its record.json names, else the one
+    #: task the deployment serves, else the task the folder is named after)
+    task: str | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _not_empty(self) -> "PoolConfig":
@@ -292,6 +302,10 @@ class ProfilingConfig(_Strict):
     #: Real models on a CPU need a small number: each answers every profiling question.
     max_questions: int | None = Field(default=None, ge=1)
     seed: int = 0
+    #: profiling fails when the task's answer format reads no answer from more than this share of an
+    #: expert's (non-empty) responses: a format that does not fit the responses, not a weak model.
+    #: 1 turns the check off.
+    max_unreadable: float = Field(default=0.5, ge=0, le=1)
 
 
 class GenerationConfig(_Strict):
@@ -314,7 +328,7 @@ class Config(_Strict):
     #: "builtin" (the data sets shipped with the package) or a folder of <task>_<split>.json that
     #: replaces the built-in tasks' data
     data_dir: str = "builtin"
-    #: where profiles and caches go; relative paths are relative to the working directory
+    #: where profiles and caches go; a relative path is relative to this file's folder, like every path in it
     state_dir: str = ".skillmoe"
 
     #: the file this config was read from (not a YAML field)
@@ -336,6 +350,9 @@ class Config(_Strict):
     def resolve_path(self, value: str) -> Path:
         """Paths inside a config are relative to the config file's folder."""
         return relative_to(self.source, value)
+
+    def state_path(self) -> Path:
+        return self.resolve_path(self.state_dir)
 
     def benchmarks_dir(self) -> Path | None:
         return None if self.data_dir == "builtin" else self.resolve_path(self.data_dir)
@@ -428,6 +445,8 @@ def _check_tasks(cfg: Config, path: Path, where: list[tuple[Path, str]]) -> None
             if n.lower() in builtin:
                 raise ConfigError(f"{file}: {loc}.{field}: {n!r} names the built-in task {builtin[n.lower()]} "
                                   "(a defined task needs a name of its own; built-ins cannot be redefined)")
+            if seen.get(n.lower()) == spec.name:
+                continue  # an alias spelled like the task's own name (or another alias) in other case
             if n.lower() in seen:
                 raise ConfigError(f"{file}: {loc}.{field}: {n!r} is already the name of task {seen[n.lower()]}")
             seen[n.lower()] = spec.name
@@ -436,10 +455,12 @@ def _check_tasks(cfg: Config, path: Path, where: list[tuple[Path, str]]) -> None
             if value is not None and not spec.path(value).is_file():
                 raise ConfigError(f"{file}: {loc}.data.{split}: data file not found ({spec.path(value)})")
     known = {**builtin, **seen}
+    names = [s.name for s in builtin_task_specs()] + [t.name for t in cfg.tasks]
     for i, name in enumerate(cfg.serving.tasks):
         if name.lower() not in known:
-            names = [s.name for s in builtin_task_specs()] + [t.name for t in cfg.tasks]
             raise ConfigError(f"{path}: serving.tasks.{i}: unknown task {name!r} (defined: {', '.join(names)})")
+    if cfg.pool.task and cfg.pool.task.lower() not in known:
+        raise ConfigError(f"{path}: pool.task: unknown task {cfg.pool.task!r} (defined: {', '.join(names)})")
 
 
 def parse_config(data: Any, source: Path | str = "<config>") -> Config:

@@ -19,6 +19,7 @@ from .aggregators import AGGREGATORS, Aggregator, OrderedVoteAggregator
 from .budget import expert_sizes
 from .pipeline import Pipeline
 from .profiles import Profiles
+from .reading import Readability, format_readability, pool_readability
 from .routers import ROUTERS, BudgetRouter, FixedRouter, RandomRouter, Router
 from .runtime import Runtime
 from .tasks import Question, Task
@@ -164,6 +165,7 @@ def evaluate(rt: Runtime, task: Task, seeds: Sequence[int], methods: Sequence[st
         all_methods = [m for m in all_methods if m.name in wanted]
 
     rt.executor.progress = False  # one bar over methods is enough; replayed experts answer at once
+    experts = expert_results(rt, task, prof, questions)
 
     def pipeline_for(m: Method) -> Pipeline:
         return Pipeline(task, None, m.router, m.aggregator, rt.executor)
@@ -178,9 +180,32 @@ def evaluate(rt: Runtime, task: Task, seeds: Sequence[int], methods: Sequence[st
         "seeds": list(seeds),
         "pool": prof.experts,
         "validation_accuracy": prof.accuracy,
+        **experts,
         "aggregator": prof.aggregator,
         "profiles": str(rt.profiles_path(task)),
         "methods": results,
+    }
+
+
+def expert_results(rt: Runtime, task: Task, prof: Profiles, questions: Sequence[Question]) -> dict:
+    """What anyone checks first: each expert alone on validation and test, the best of them on test,
+    and the oracle (a question counts if any expert of the pool answers it right), with the share of
+    each expert's test responses that had no readable answer."""
+    outputs = rt.pool_responses(task, questions, "experts on the test split")
+    preds = {e: [task.extract(t) for t in outputs[e]] for e in prof.experts}
+    correct = {e: [task.is_correct(p, q.gold) for p, q in zip(preds[e], questions)] for e in prof.experts}
+    readable = pool_readability([q.qid for q in questions], outputs, preds)
+    n = max(len(questions), 1)
+    test = {e: sum(c) / n for e, c in correct.items()}
+    rank = {e: i for i, e in enumerate(prof.ranking())}
+    best = min(prof.experts, key=lambda e: (-test[e], rank[e]))
+    return {
+        "experts": {e: {"validation_accuracy": prof.accuracy[e], "test_accuracy": test[e],
+                        "test_no_answer": readable[e].share_no_answer, "test_readability": readable[e].to_json()}
+                    for e in prof.ranking()},
+        "best_single_expert": {"name": best, "test_accuracy": test[best],
+                               "validation_accuracy": prof.accuracy[best]},
+        "oracle_accuracy": sum(any(correct[e][i] for e in prof.experts) for i in range(len(questions))) / n,
     }
 
 
@@ -194,9 +219,40 @@ def format_table(report: dict) -> str:
     lines += [f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}" for a, b, c in rows[1:]]
     head = (f"{report['task']} test, {report['n_questions']} questions, seeds {','.join(map(str, report['seeds']))}, "
             f"pool of {len(report['pool'])}")
-    return head + "\n" + "\n".join(lines)
+    return head + "\n" + "\n".join(lines) + "\n\n" + format_experts(report)
+
+
+def format_experts(report: dict) -> str:
+    """Each expert alone (validation rank order), the best single expert on test and the oracle."""
+    rows = [("expert", "validation", "test", "no answer (test)")]
+    for name, r in report["experts"].items():
+        rows.append((name, f"{100 * r['validation_accuracy']:.2f}", f"{100 * r['test_accuracy']:.2f}",
+                     f"{100 * r['test_no_answer']:.1f}%"))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in rows[:1]]
+    lines.append("-" * (sum(w) + 6))
+    lines += [f"{a:<{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d:>{w[3]}}" for a, b, c, d in rows[1:]]
+    best = report["best_single_expert"]
+    lines.append(f"best single expert on test: {best['name']} {100 * best['test_accuracy']:.2f}")
+    lines.append(f"oracle (any expert of the pool right): {100 * report['oracle_accuracy']:.2f}")
+    unread = format_readability({n: _readability(n, r["test_readability"]) for n, r in report["experts"].items()},
+                                "test")
+    if unread:
+        lines += ["responses with no answer read from them:", *unread]
+    return "\n".join(lines)
+
+
+def _readability(name: str, data: dict) -> Readability:
+    return Readability(name, data["responses"], data["empty"], data["unread"],
+                       [(x["question"], x["response"]) for x in data["examples"]])
 
 
 def write_report(report: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+def profile_readability(prof: Profiles) -> list[str]:
+    """The validation responses with no readable answer, as profiling counted them (lines to print)."""
+    saved = prof.meta.get("readability") or {}
+    return format_readability({n: _readability(n, r) for n, r in saved.items()}, "validation")

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 from .config import Config, ExpertConfig
-from .engines.recorded import builtin_recorded_dir
+from .engines.recorded import builtin_recorded_dir, manifest_task
 from .errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
@@ -23,24 +23,41 @@ def resolve_recorded_dir(value: str, cfg: Config | None = None) -> Path:
     return path
 
 
-def experts_from_recorded_dir(path: Path) -> list[ExpertConfig]:
+def recorded_task(path: Path, cfg: Config | None) -> str | None:
+    """The task a recorded pool's folder answers: the deployment's ``pool.task``, else what the folder's
+    record.json says, else the one task the deployment serves (when its file chose it), else whatever the
+    folder is named after (the engine looks that up)."""
+    if cfg is not None and cfg.pool.task:
+        return cfg.pool.task
+    named = manifest_task(path)
+    if named:
+        return named
+    if cfg is not None and len(cfg.serving.tasks) == 1 and ("tasks" in cfg.serving.model_fields_set or cfg.tasks):
+        return cfg.serving.tasks[0]
+    return None
+
+
+def experts_from_recorded_dir(path: Path, task: str | None = None) -> list[ExpertConfig]:
     files = sorted(path.glob("*.jsonl.gz")) + sorted(path.glob("*.jsonl"))
     if not files:
         raise ConfigError(f"{path}: no <model>.jsonl.gz recordings in this folder")
     experts = []
     for f in files:
         name = f.name.removesuffix(".gz").removesuffix(".jsonl")
-        experts.append(ExpertConfig(name=name, engine="recorded", model=str(f)))
+        args = {"task": task} if task else {}
+        experts.append(ExpertConfig(name=name, engine="recorded", model=str(f), engine_args=args))
     return experts
 
 
 def pool_experts(cfg: Config, recorded_dir: str | None = None) -> list[ExpertConfig]:
     """The pool's experts, with ``recorded_dir`` (from the CLI or the config) expanded."""
     if recorded_dir:
-        return experts_from_recorded_dir(resolve_recorded_dir(recorded_dir))
+        path = resolve_recorded_dir(recorded_dir)
+        return experts_from_recorded_dir(path, recorded_task(path, cfg))
     experts = list(cfg.pool.experts)
     if cfg.pool.recorded_dir:
-        experts += experts_from_recorded_dir(resolve_recorded_dir(cfg.pool.recorded_dir, cfg))
+        path = resolve_recorded_dir(cfg.pool.recorded_dir, cfg)
+        experts += experts_from_recorded_dir(path, recorded_task(path, cfg))
     names = [e.name for e in experts]
     if len(set(names)) != len(names):
         raise ConfigError(f"{cfg.source}: pool: expert names must be unique")

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .engines.base import SamplingSettings
-from .engines.recorded import read_recording
+from .engines.recorded import MANIFEST, read_recording
 from .errors import ConfigError, DataError, EngineError
 from .pipeline import expert_requests
 from .runtime import Runtime
@@ -41,7 +41,6 @@ from .tasks import Question, Task
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "record.json"
 Key = tuple[str, int]
 
 

@@ -23,12 +23,17 @@ from .execution import Executor, ExecutorEngine, LocalExecutor, describe_unhealt
 from .pipeline import SkillStage
 from .pool import pool_experts, pool_fingerprint
 from .profiles import Profiles, build_profiles
+from .reading import check_readable, pool_readability
 from .prompts import aggregation_prompt, expert_prompt
 from .skills.embeddings import Embedder, get_embedder
 from .skills.extract import EmbeddingTagger, KeywordExtractor, SkillAligner, load_vocabulary
 from .tasks import Catalogue, Question, Task
 
 log = logging.getLogger(__name__)
+
+#: how answers are read out of responses; profiles built by another way of reading are rebuilt
+#: (2: responses written as JSON read from their answer field; a field's value read for its last number)
+READING_VERSION = 2
 
 
 @dataclass
@@ -89,7 +94,7 @@ class Runtime:
         return pool_fingerprint(self.experts)
 
     def profiles_path(self, task: Task) -> Path:
-        state = Path(self.cfg.state_dir).expanduser()
+        state = self.cfg.state_path()
         return state / "profiles" / f"{self.cfg.name}-{self.fingerprint()}" / f"{task.name}.json"
 
     def _extractor_meta(self) -> dict:
@@ -108,7 +113,7 @@ class Runtime:
 
         path = task.data_path("train")
         data = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-        return {"definition": task.digest(), "validation_data": data}
+        return {"definition": task.digest(), "reading": READING_VERSION, "validation_data": data}
 
     def saved_profiles(self, task: Task) -> Profiles | None:
         """The saved profiles if they match this pool, extractor and settings; None if missing or stale."""
@@ -147,25 +152,32 @@ class Runtime:
             questions = [questions[i] for i in picked]
         return questions
 
+    def pool_responses(self, task: Task, questions: Sequence[Question], label: str = "experts") -> dict[str, list[str]]:
+        """Every expert's response to every question (expert-grouped: each model loaded once)."""
+        names = self.expert_names
+        requests = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid, question=q.text) for q in questions]
+        plan = group_by_expert([names] * len(questions), requests)
+        sampling = SamplingSettings(self.cfg.generation.temperature, self.cfg.generation.max_tokens, seed=0)
+        texts: dict[tuple[int, int], str] = {}
+        bar = tqdm(plan.items(), total=len(plan), desc=label, unit="expert", disable=not self.progress)
+        for name, work in bar:
+            bar.set_postfix_str(name)
+            texts.update(self.executor.run({name: work}, sampling))
+        if self.executor.unhealthy:
+            raise EngineError(f"cannot get every expert's answers: {describe_unhealthy(self.executor.unhealthy)}")
+        return {e: [texts[(i, s)] for i in range(len(questions))] for s, e in enumerate(names)}
+
     def build_profiles(self, task: Task) -> Profiles:
         questions = self.profiling_questions(task)
         names = self.expert_names
         if self.progress:
             print(f"profiling {len(names)} experts on {len(questions)} {task.name} validation questions")
         skills = self.extractor().raw_skills(questions)
-
-        requests = [GenerationRequest.user(expert_prompt(task, q.text), key=q.qid, question=q.text) for q in questions]
-        plan = group_by_expert([names] * len(questions), requests)
-        sampling = SamplingSettings(self.cfg.generation.temperature, self.cfg.generation.max_tokens, seed=0)
-        texts: dict[tuple[int, int], str] = {}
-        bar = tqdm(plan.items(), total=len(plan), desc="profiling experts", unit="expert", disable=not self.progress)
-        for name, work in bar:
-            bar.set_postfix_str(name)
-            texts.update(self.executor.run({name: work}, sampling))
-        if self.executor.unhealthy:
-            raise EngineError(f"cannot build profiles: {describe_unhealthy(self.executor.unhealthy)}")
-        outputs = {e: [texts[(i, s)] for i in range(len(questions))] for s, e in enumerate(names)}
+        outputs = self.pool_responses(task, questions, "profiling experts")
         preds = {e: [task.extract(t) for t in outputs[e]] for e in names}
+        qids = [q.qid for q in questions]
+        readable = pool_readability(qids, outputs, preds)
+        check_readable(task, readable, self.cfg.profiling.max_unreadable)
         correct = {e: [task.is_correct(p, q.gold) for p, q in zip(preds[e], questions)] for e in names}
         meta = {
             "pool": names,
@@ -177,9 +189,10 @@ class Runtime:
             "skills": self._extractor_meta(),
             "aggregation_mode": self.cfg.aggregation.mode,
             "profiling": self.cfg.profiling.model_dump(),
+            "readability": {e: r.to_json() for e, r in readable.items()},
             "skillmoe_version": __version__,
         }
-        prof = build_profiles(task.name, names, [q.qid for q in questions], skills, preds, correct, meta)
+        prof = build_profiles(task.name, names, qids, skills, preds, correct, meta)
         prof.aggregator = self.choose_aggregator(task, questions, outputs, prof)
         return prof
 

@@ -22,6 +22,7 @@ Answer formats (``answer.type``):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
 from . import answers
 from .errors import DataError
@@ -49,14 +50,56 @@ _REASON = "Provide your step-by-step reasoning first, and then print "
 # ---------------------------------------------------------------- answer formats
 
 
+#: the key a response written as JSON states its answer under, unless a task says otherwise
+JSON_KEY = "answer"
+
+
+def _json_key() -> Any:
+    """The ``json_key`` field of every format: keyword-only, so a format's own settings keep their positions."""
+    return dataclasses.field(default=JSON_KEY, kw_only=True)
+
+
 class AnswerFormat(ABC):
-    """How one task's answers are read out of a response, compared, and asked for."""
+    """How one task's answers are read out of a response, compared, and asked for.
+
+    Every format first asks whether the response is written as JSON (``{"reasoning": ..., "answer":
+    ...}``, the shape many evaluation harnesses ask for): then the answer is what its ``json_key``
+    field holds, read by the format (:meth:`read_value`), and nothing else of the response counts.
+    """
 
     type: ClassVar[str]
+    #: set by every subclass as a dataclass field; None reads responses as text only
+    json_key: str | None
 
-    @abstractmethod
     def extract(self, text: str) -> str | None:
         """The answer a response states (canonical text), or None if it states none."""
+        if not text:
+            return None
+        if self.json_key:
+            written = answers.json_answer(text, self.json_key)
+            if written is not None:
+                return None if written.value is None else self.read_value(written.value)
+        return self.read(text)
+
+    @abstractmethod
+    def read(self, text: str) -> str | None:
+        """The answer a response written as text states, or None."""
+
+    @abstractmethod
+    def read_value(self, value: str) -> str | None:
+        """The answer an answer field holds (its whole text is the answer), or None."""
+
+    def reading(self) -> str:
+        """How answers are read, for messages that say why none was read."""
+        return f"answer type {self.type}"
+
+    def settings(self) -> dict:
+        """The settings that say how answers are read and asked for (the task's digest); the JSON key
+        only when it is not the default, so digests made before it existed still hold."""
+        out = {k: v for k, v in self.__dict__.items() if k != "json_key"}
+        if self.json_key != JSON_KEY:
+            out["json_key"] = self.json_key
+        return out
 
     @abstractmethod
     def is_correct(self, pred: str, gold: str) -> bool: ...
@@ -82,13 +125,17 @@ class AnswerFormat(ABC):
 @dataclass(frozen=True)
 class ChoiceFormat(AnswerFormat):
     options: int = 4
+    json_key: str | None = _json_key()
     type: ClassVar[str] = "choice"
 
     def __post_init__(self) -> None:
         answers.choice_letters(self.options)  # 2..10
 
-    def extract(self, text: str) -> str | None:
+    def read(self, text: str) -> str | None:
         return answers.extract_choice(text, self.options)
+
+    def read_value(self, value: str) -> str | None:
+        return answers.choice_value(value, self.options)
 
     def is_correct(self, pred: str, gold: str) -> bool:
         return pred.strip().upper() == gold.strip().upper()
@@ -109,10 +156,16 @@ class ChoiceFormat(AnswerFormat):
 
 @dataclass(frozen=True)
 class BoxedFormat(AnswerFormat):
+    json_key: str | None = _json_key()
     type: ClassVar[str] = "boxed"
 
-    def extract(self, text: str) -> str | None:
+    def read(self, text: str) -> str | None:
         return answers.extract_boxed(text)
+
+    def read_value(self, value: str) -> str | None:
+        boxed = answers.last_boxed(value)
+        value = (boxed if boxed is not None else value).strip().strip("$").strip()
+        return value or None
 
     def is_correct(self, pred: str, gold: str) -> bool:
         return answers.math_equal(gold, pred)
@@ -129,10 +182,24 @@ class NumberFormat(AnswerFormat):
     field: str | None = None
     tolerance: float = 1e-6
     relative_tolerance: float = 0.0
+    json_key: str | None = _json_key()
     type: ClassVar[str] = "number"
 
-    def extract(self, text: str) -> str | None:
+    def read(self, text: str) -> str | None:
         return answers.extract_number(text, self.field)
+
+    def read_value(self, value: str) -> str | None:
+        return answers.number_in(value)
+
+    def reading(self) -> str:
+        if self.field:
+            return f"answer type number, field {self.field!r} (the last number of the last {self.name}: value)"
+        return "answer type number (the last number of the response)"
+
+    @property
+    def name(self) -> str:
+        """The field as experts are told to write it (``Answer`` for ``**Answer:**``)."""
+        return answers.field_name(self.field) if self.field else "The answer is"
 
     def is_correct(self, pred: str, gold: str) -> bool:
         x, y = answers.parse_number(pred), answers.parse_number(gold)
@@ -140,12 +207,12 @@ class NumberFormat(AnswerFormat):
                                                                          self.relative_tolerance)
 
     def instruction(self) -> str:
-        stated = f"{self.field}: N" if self.field else "The answer is N"
+        stated = f"{self.name}: N" if self.field else "The answer is N"
         return (_REASON + f'"{stated}", where N is the final answer as a number (digits only, no units), '
                 "at the end of your response.")
 
     def statement(self, value: str) -> str:
-        return f"{self.field}: {value}" if self.field else f"The answer is {value}"
+        return f"{self.name}: {value}" if self.field else f"The answer is {value}"
 
     def gold_error(self, gold: str) -> str | None:
         return None if answers.parse_number(gold) is not None else "must be a number"
@@ -153,10 +220,14 @@ class NumberFormat(AnswerFormat):
 
 @dataclass(frozen=True)
 class ExactFormat(AnswerFormat):
+    json_key: str | None = _json_key()
     type: ClassVar[str] = "exact"
 
-    def extract(self, text: str) -> str | None:
+    def read(self, text: str) -> str | None:
         return answers.extract_stated(text)
+
+    def read_value(self, value: str) -> str | None:
+        return answers.extract_stated(value) or answers.clean_stated(value)
 
     def is_correct(self, pred: str, gold: str) -> bool:
         return answers.normalize_text(pred) == answers.normalize_text(gold)
@@ -172,14 +243,19 @@ class ExactFormat(AnswerFormat):
 class RegexFormat(ExactFormat):
     pattern: str = "(.*)"
     ignore_case: bool = False
+    json_key: str | None = _json_key()
     type: ClassVar[str] = "regex"
 
     @property
     def compiled(self) -> re.Pattern[str]:
         return _compile(self.pattern, self.ignore_case)
 
-    def extract(self, text: str) -> str | None:
+    def read(self, text: str) -> str | None:
         return answers.extract_regex(text, self.compiled)
+
+    def read_value(self, value: str) -> str | None:
+        # the pattern, if the field holds what the experts were told to print; else the field is the answer
+        return answers.extract_regex(value, self.compiled) or answers.clean_stated(value)
 
     def instruction(self) -> str:  # never used: a regex task must say what to print (TaskSpec checks)
         return _REASON + "the final answer at the end of your response."
@@ -198,15 +274,16 @@ def _compile(pattern: str, ignore_case: bool) -> re.Pattern[str]:
 
 def answer_format(spec: AnswerSpec) -> AnswerFormat:
     """The answer format of a definition's ``answer:``."""
+    key = spec.json_key
     if spec.type == "choice":
-        return ChoiceFormat(spec.options)
+        return ChoiceFormat(spec.options, json_key=key)
     if spec.type == "boxed":
-        return BoxedFormat()
+        return BoxedFormat(json_key=key)
     if spec.type == "number":
-        return NumberFormat(spec.field, spec.tolerance, spec.relative_tolerance)
+        return NumberFormat(spec.field, spec.tolerance, spec.relative_tolerance, json_key=key)
     if spec.type == "exact":
-        return ExactFormat()
-    return RegexFormat(spec.pattern, spec.ignore_case)
+        return ExactFormat(json_key=key)
+    return RegexFormat(spec.pattern, spec.ignore_case, json_key=key)
 
 
 # ---------------------------------------------------------------- questions and tasks
@@ -292,7 +369,7 @@ class Task:
 
     def digest(self) -> str:
         """Identifies how the task asks and reads answers (saved profiles are for one digest)."""
-        what = json.dumps({"answer": {"type": self.answer.type, **self.answer.__dict__},
+        what = json.dumps({"answer": {"type": self.answer.type, **self.answer.settings()},
                            "instruction": self.instruction()}, sort_keys=True)
         return hashlib.sha256(what.encode()).hexdigest()[:16]
 

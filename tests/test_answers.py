@@ -77,7 +77,7 @@ def test_extract_number_takes_the_last_number(text, expected):
 
 
 def test_extract_number_after_a_named_field():
-    assert extract_number("Answer: 42 apples and 6 pears", "Answer") == "42"  # the first number on the line
+    assert extract_number("Answer: 24 * $12.00 = $288.00", "Answer") == "288"  # the last number of the value
     assert extract_number("answer: 3\nwait, recheck... Answer: 4\nthanks 99", "Answer") == "4"  # the last field
     assert extract_number("**Answer:** 1,000", "Answer") == "1000"  # markdown emphasis
     assert extract_number("Result = -2", "Result") == "-2"
@@ -145,3 +145,56 @@ def test_choice_and_boxed_formats_as_tasks():
     assert not boxed.is_correct(None, "1") and not boxed.is_correct("1", None)
     with pytest.raises(ValueError):
         ChoiceFormat(11)
+
+
+@pytest.mark.parametrize("field", ["answer", "Answer:", '"answer":', "**Answer:**", "'answer'", "answer ="])
+def test_a_field_is_the_same_however_it_is_written(field):
+    fmt = NumberFormat(field, json_key=None)  # read as text: the field pattern alone
+    assert fmt.extract('{"reasoning": "24 items at $12.00", "answer": "24 * $12.00 = $288.00"}') == "288"
+    assert fmt.extract("reasoning...\n**Answer:** 1,000 apples") == "1000"
+    assert fmt.extract("Answer = 7") == "7" and fmt.extract("MyAnswer: 7") is None
+    assert fmt.name in ("answer", "Answer") and f"{fmt.name}: N" in fmt.instruction()
+
+
+JSON_CASES = [
+    # text after the closing brace (a recomputation) is not the answer
+    ('{"reasoning": "5 * 6 = 30", "answer": 30}\nWait, let me recompute: 5 * 6 = 31', "30", "B", "30"),
+    # cut off by the token limit before the answer: no answer, not a number from the reasoning
+    ('{"reasoning": "First, 12 * 4 = 48, then 48 + 7', None, None, None),
+    # an answer that is no number / no letter
+    ('{"reasoning": "we know 3 of 5 values", "answer": "Cannot be determined"}', None, None,
+     "Cannot be determined"),
+    # the first number on the answer's line is not the answer; its last number is
+    ('{"reasoning": "r", "answer": "24 * $12.00 = $288.00"}', "288", None, "24 * $12.00 = $288.00"),
+    # a null answer, an object without the key
+    ('{"reasoning": "12", "answer": null}', None, None, None),
+    ('{"reasoning": "12", "result": 12}', None, None, None),
+    # a fenced object at the end of prose; keys match regardless of case
+    ('Let me work it out: 5 + 5.\n```json\n{"Reasoning": "sum", "Answer": 10}\n```', "10", None, "10"),
+    # prose that quotes an object mid-way is prose
+    ('The object {"answer": 3} is an example. The answer is 5', "5", None, "5"),
+]
+
+
+@pytest.mark.parametrize("text,number,choice,exact", JSON_CASES)
+def test_responses_written_as_json_are_read_from_their_answer_field(text, number, choice, exact):
+    assert NumberFormat().extract(text) == number
+    choice_text = text.replace('"answer": 30', '"answer": "B"')
+    assert ChoiceFormat(4).extract(choice_text) == choice
+    assert ExactFormat().extract(text) == exact
+
+
+def test_each_format_reads_the_answer_field_its_own_way():
+    assert ChoiceFormat(4).extract('{"answer": "(C) the third"}') == "C"
+    assert ChoiceFormat(4).extract('{"answer": "The answer is (D)"}') == "D"
+    assert ChoiceFormat(4).extract('{"answer": "E"}') is None  # not one of 4 options
+    assert ChoiceFormat(4).extract('{"answer": "a cat"}') is None  # a word, not the letter a
+    assert BoxedFormat().extract('{"answer": "\\\\frac{1}{2}"}') == "\\frac{1}{2}"
+    assert BoxedFormat().extract('{"answer": "so \\\\boxed{7}"}') == "7"
+    assert RegexFormat(r"FINAL\[(\w+)\]").extract('{"answer": "FINAL[xyz]"}') == "xyz"
+    assert RegexFormat(r"FINAL\[(\w+)\]").extract('{"answer": "xyz"}') == "xyz"
+    # the key is configurable, and null reads every response as text
+    assert NumberFormat(json_key="final").extract('{"answer": 1, "final": 2}') == "2"
+    assert NumberFormat(json_key=None).extract('{"reasoning": "r", "answer": 30} then 31') == "31"
+    # text responses read as before
+    assert NumberFormat().extract("so the answer is 12") == "12" and ChoiceFormat(4).extract("answer is (B)") == "B"

@@ -22,7 +22,7 @@ def skillmoe(*args, cwd):
 @pytest.mark.slow
 def test_evaluate_prints_the_table_and_writes_json(tmp_path):
     r = skillmoe("evaluate", "--config", str(CONFIG), "--task", "MMLU_Pro", "--seeds", "0,1,2", "--out",
-                 "results.json", "--quiet", cwd=tmp_path)
+                 "results.json", "--quiet", "--state-dir", ".skillmoe", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "fixed_top5_vote" in r.stdout and "calls/question" in r.stdout
     report = json.loads((tmp_path / "results.json").read_text())
@@ -42,7 +42,17 @@ def test_evaluate_prints_the_table_and_writes_json(tmp_path):
     assert fixed[5] > fixed[3] > fixed[1] > methods["random3_vote"]["accuracy_mean"]
     assert methods["cascade_top5_vote"]["accuracy_mean"] == fixed[5]
     assert methods["cascade_top5_vote"]["calls_per_question"] < 4.5
-    assert (tmp_path / ".skillmoe" / "profiles").is_dir()
+    assert (tmp_path / ".skillmoe" / "profiles").is_dir()  # --state-dir, relative to the working directory
+    # each expert alone, the best of them and the oracle
+    experts = report["experts"]
+    assert sorted(experts) == sorted(report["pool"]) and len(experts) == 8
+    best = max(e["test_accuracy"] for e in experts.values())
+    assert report["best_single_expert"]["test_accuracy"] == best < report["oracle_accuracy"] < 1
+    assert experts[report["best_single_expert"]["name"]]["test_accuracy"] == best
+    # single_best is the best on validation, one of the experts
+    top = max(experts, key=lambda e: experts[e]["validation_accuracy"])
+    assert methods["single_best"]["accuracy_mean"] == pytest.approx(experts[top]["test_accuracy"])
+    assert "oracle (any expert of the pool right)" in r.stdout and "best single expert on test" in r.stdout
 
 
 @pytest.mark.slow
@@ -52,7 +62,7 @@ def test_recorded_dir_replaces_the_pool(tmp_path):
     for name in ("gemma-7b", "Yi-6b-Chat", "mathstral-7B"):
         shutil.copy(builtin_recorded_dir() / f"{name}.jsonl.gz", pool)
     r = skillmoe("evaluate", "--config", str(CONFIG), "--task", "MMLU_Pro", "--seeds", "0", "--recorded-dir", str(pool),
-                 "--out", "r.json", "--quiet", cwd=tmp_path)
+                 "--out", "r.json", "--quiet", "--state-dir", ".skillmoe", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert sorted(report["pool"]) == ["Yi-6b-Chat", "gemma-7b", "mathstral-7B"]
@@ -61,7 +71,7 @@ def test_recorded_dir_replaces_the_pool(tmp_path):
 
 @pytest.mark.slow
 def test_profile_saves_profiles_with_provenance(tmp_path):
-    r = skillmoe("profile", "--config", str(CONFIG), "--task", "MMLU_Pro", cwd=tmp_path)
+    r = skillmoe("profile", "--config", str(CONFIG), "--task", "MMLU_Pro", "--state-dir", ".skillmoe", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "validation accuracy" in r.stdout
     files = list((tmp_path / ".skillmoe" / "profiles").rglob("MMLU_Pro.json"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -37,8 +38,11 @@ def skillmoe(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """The commands run here: profiles go to its .skillmoe, shared by the tests of this module."""
-    return tmp_path_factory.mktemp("own-task")
+    """The commands run here, on a copy of the example: its profiles go to the .skillmoe folder beside the
+    copy's deployment file (state_dir is relative to it), shared by the tests of this module."""
+    work = tmp_path_factory.mktemp("own-task")
+    shutil.copytree(EXAMPLE, work / "example", ignore=shutil.ignore_patterns(".skillmoe"))
+    return work
 
 
 def test_the_example_data_is_what_make_data_computes():
@@ -77,15 +81,16 @@ def test_the_recordings_were_made_by_skillmoe_record_with_the_example_settings()
 
 @pytest.mark.slow
 def test_profile_and_evaluate_the_example(workdir):
-    r = skillmoe("profile", "--config", str(RECORDED), "--task", "arithmetic", cwd=workdir)
+    config = workdir / "example" / "recorded.yaml"
+    r = skillmoe("profile", "--config", str(config), "--task", "arithmetic", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "validation accuracy" in r.stdout and all(e in r.stdout for e in EXPERTS)
-    profiles = list((workdir / ".skillmoe" / "profiles").rglob("arithmetic.json"))
-    assert len(profiles) == 1
+    profiles = list((workdir / "example" / ".skillmoe" / "profiles").rglob("arithmetic.json"))
+    assert len(profiles) == 1 and not (workdir / ".skillmoe").exists()
     meta = json.loads(profiles[0].read_text())["meta"]
     assert meta["dataset"] == "arithmetic/train" and meta["n_questions"] == 40 and meta["task"]["definition"]
 
-    r = skillmoe("evaluate", "--config", str(RECORDED), "--task", "arith", "--seeds", "0,1", "--out", "r.json",
+    r = skillmoe("evaluate", "--config", str(config), "--task", "arith", "--seeds", "0,1", "--out", "r.json",
                  "--quiet", cwd=workdir)
     assert r.returncode == 0, r.stderr
     assert "arithmetic test, 20 questions" in r.stdout and "skillmoe_paper" in r.stdout
@@ -95,6 +100,10 @@ def test_profile_and_evaluate_the_example(workdir):
     assert {"single_best", "fixed_top3_vote", "all_vote", "skillmoe_paper"} <= set(methods)
     assert all(0 <= m["accuracy_mean"] <= 1 for m in methods.values())
     assert methods["single_best"]["accuracy_mean"] > 0  # the real models get some right
+    experts = report["experts"]
+    assert sorted(experts) == EXPERTS and report["oracle_accuracy"] >= max(e["test_accuracy"] for e in experts.values())
+    assert report["best_single_expert"]["test_accuracy"] == max(e["test_accuracy"] for e in experts.values())
+    assert "oracle (any expert of the pool right)" in r.stdout
     (workdir / "evaluate.json").write_text(json.dumps(report))
 
 
@@ -107,7 +116,8 @@ def _health(url: str) -> int:
 
 @pytest.mark.slow
 def test_serve_the_example_over_http(workdir):
-    server = ServeProcess(RECORDED, free_port(), cwd=workdir)  # profiles from the test above, if it ran
+    # profiles from the test above, if it ran
+    server = ServeProcess(workdir / "example" / "recorded.yaml", free_port(), cwd=workdir)
     url = server.url
     try:
         deadline = time.time() + 300

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from typing import Any, Literal, Sequence
 
@@ -26,6 +27,23 @@ PromptFormat = Literal["auto", "chat", "plain"]
 
 #: where a plain-transcript completion is cut: the model starting the next turn
 PLAIN_STOP = ("\nUser:", "\n\nUser:")
+
+
+#: markers no model means as text: chat-turn and end-of-text tokens in their ``<|...|>`` spellings (Llama 3,
+#: Qwen, Phi, GPT), DeepSeek's full-width ones and Gemma's turn markers; removed wherever they are
+_MARKERS = re.compile(r"<\|[A-Za-z_]+(?:_id)?\|>|<\uff5c[^<>\uff5c]{1,40}\uff5c>|<(?:end|start)_of_turn>")
+#: end- and start-of-sequence tokens that can also be text (``<s>`` is HTML's strikethrough): removed
+#: only as a run at the start or the end of a response, where a recording that kept them has them
+_EDGE = r"(?:\s*(?:</s>|<s>|<eos>|<bos>|<pad>|<unk>|\[/INST\]))+"
+_EDGES = re.compile(rf"^{_EDGE}|{_EDGE}\s*$")
+
+
+def strip_special_tokens(text: str) -> str:
+    """A response without the special tokens a model or a recording left in it (``</s></s>``,
+    ``<|eot_id|>``): they are not part of the answer a client reads."""
+    if "<" not in text and "[" not in text:
+        return text
+    return _EDGES.sub("", _MARKERS.sub("", text))
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

@@ -3,9 +3,10 @@
 A recording is ``<model>.jsonl.gz`` with one line per question:
 ``{"split": "train"|"test", "index": i, "pred": ..., "response": "..."}``,
 index pointing into the task's data set ("train" is its validation split). A
-directory of such files is a pool: every file is one expert, and the folder's name
-says the task (``mmlu_pro`` -> MMLU_Pro; a deployment's own task by its name or an
-alias), unless ``engine_args.task`` does. ``skillmoe record`` writes such folders.
+directory of such files is a pool: every file is one expert. The task it answers is
+``engine_args.task`` (``pool.task`` for a ``recorded_dir``), else the task the folder's
+``record.json`` names (``skillmoe record`` writes it), else the one task the deployment
+serves, else the task the folder is named after (``mmlu_pro`` -> MMLU_Pro).
 The engine answers a request by its question id, or, for a request that arrives
 as text (an HTTP question), by looking the text up in the task's data set. It returns the recorded *response*; the answer is read
 out of it by the task's extractor, exactly as for a live model.
@@ -17,21 +18,41 @@ same chain of thought, where a live model sampling at 0.7 would vary.
 from __future__ import annotations
 
 import gzip
+import json
 from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError, EngineError
 from ..tasks import Catalogue, Task, catalogue_or_builtin, jsonl_objects, load_questions
 from .base import Engine, GenerationRequest, SamplingSettings
+from .chat import strip_special_tokens
 
 
 def builtin_recorded_dir(task_dir: str = "mmlu_pro") -> Path:
     return Path(str(resources.files("skillmoe_ray") / "data" / "recorded" / task_dir))
 
 
+#: what ``skillmoe record`` writes beside the recordings: the task, its definition, the sampling
+MANIFEST = "record.json"
+
+
+def manifest_task(folder: Path) -> str | None:
+    """The task a recordings folder's ``record.json`` names, if it has one that does."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        task = json.loads(path.read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{path}: unreadable ({exc})") from None
+    return task if isinstance(task, str) and task else None
+
+
 def task_for_recording_dir(path: Path, catalogue: Catalogue | None = None) -> Task | None:
-    """The task a recordings folder belongs to, from its name (``mmlu_pro`` -> MMLU_Pro), if it says."""
-    return catalogue_or_builtin(catalogue).find(path.name)
+    """The task a recordings folder belongs to by what it says: its record.json, else its name."""
+    catalogue = catalogue_or_builtin(catalogue)
+    named = manifest_task(path)
+    return catalogue.find(named) if named else catalogue.find(path.name)
 
 
 def read_recording(path: Path) -> dict[tuple[str, int], str]:
@@ -93,7 +114,7 @@ class RecordedEngine(Engine):
         if self.task is None:
             raise EngineError(
                 f"recorded expert {self.name!r}: cannot look questions up by text without knowing the task; "
-                f"name the folder after the task (e.g. mmlu_pro) or set engine_args.task"
+                f"set pool.task in the deployment (engine_args.task for one expert)"
             )
         if self._by_text is None:
             index: dict[str, tuple[str, int]] = {}
@@ -134,5 +155,5 @@ class RecordedEngine(Engine):
             if req.role != "expert":
                 raise EngineError(f"recorded expert {self.name!r} can only replay expert answers, not {req.role} prompts")
             # A question the model has no recording for reads as an empty response: no answer.
-            out.append(self._responses.get(self._locate(req), ""))
+            out.append(strip_special_tokens(self._responses.get(self._locate(req), "")))
         return out

@@ -53,7 +53,7 @@ from typing import Any, Iterator
 
 from ..errors import EngineError, SkillMoEError
 from .base import Engine, GenerationRequest, SamplingSettings
-from .chat import PLAIN_STOP, encode_messages, request_seeds, use_chat
+from .chat import PLAIN_STOP, encode_messages, request_seeds, strip_special_tokens, use_chat
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +429,7 @@ class VLLMEngine(Engine):
         n_out = sum(len(o.outputs[0].token_ids) for o in outs)
         self._timed(time.perf_counter() - t0, n_out)
         self._last_usage = [(len(o.prompt_token_ids or []), len(o.outputs[0].token_ids)) for o in outs]
-        return [o.outputs[0].text for o in outs]
+        return [strip_special_tokens(o.outputs[0].text) for o in outs]
 
     def _timed(self, dt: float, n_out: int) -> None:
         self.stats.update(generate_s=dt, generated_tokens=n_out, tokens_per_s=n_out / dt if dt > 0 else 0.0)
