@@ -59,4 +59,4 @@ test: setup
 	$(VENV)/bin/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .skillmoe results.json
+	rm -rf $(VENV) .skillmoe deployments/.skillmoe examples/*/.skillmoe results.json

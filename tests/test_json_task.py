@@ -135,6 +135,12 @@ def test_a_recorded_pool_knows_its_task_from_record_json_or_the_deployment(task_
     assert {e.engine_args.get("task") for e in pool_experts(load_config(three))} == {"Shop"}
     rt = Runtime.from_config(load_config(three), progress=False)
     assert rt.engines["tidy"].task.name == "shop_json"
+    # so a question that arrives as text (as over HTTP) is found in the task's data
+    from skillmoe_ray.engines.base import GenerationRequest
+
+    q = rt.questions("shop", "test")[3]
+    (text,) = rt.engines["tidy"].generate([GenerationRequest.user("prompt", question=q.text)], None)
+    assert rt.task("shop").extract(text) is not None
 
 
 def test_names_and_aliases_match_regardless_of_case(task_dir):
