@@ -92,3 +92,70 @@ def test_prefetch_respects_the_host_budget():
     w = worker_with("abc", capacity=1, clock=clock, host_budget_gb=0, prefetch=True)
     w.run(jobs("abc"), SamplingSettings())
     assert (w.loads, w.wakes, w.prefetches) == (3, 0, 0)
+
+
+# ---------------------------------------------------------------- memory counted in bytes
+
+from skillmoe_ray.scheduling.residency import Limits, ModelTraits, Tiers, simulate, step  # noqa: E402
+
+#: an 8B model on vLLM: 26.6 GB awake (weights, 8 GiB of KV, activations, context), 1.07 GB asleep, 16 GB pinned
+EIGHT_B = ModelTraits(size_gb=16.1, device_gb=26.6, asleep_gb=1.07)
+
+
+def _limits(names, device_gb, host_budget_gb=None, traits=EIGHT_B, capacity=1000):
+    return Limits(capacity=capacity, host_budget_gb=host_budget_gb, traits={n: traits for n in names},
+                  device_gb=device_gb)
+
+
+@pytest.mark.parametrize("device_gb,resident", [(0.95 * 141, 5), (0.95 * 80, 2), (0.95 * 24, 0)])
+def test_a_device_holds_as_many_models_as_their_bytes_allow(device_gb, resident):
+    names = "abcdefg"
+    out = simulate(Tiers(), list(names), _limits(names, device_gb, host_budget_gb=0))
+    if resident:
+        assert len(out.tiers.device) == resident and out.loads == len(names)
+        # a second pass over the first models of the plan: the ones still resident cost nothing
+    else:  # too large even alone: it still comes in (its load fails and says why), alone
+        assert len(out.tiers.device) == 1
+
+
+def test_parked_engines_keep_their_context_on_the_device_and_count_against_it():
+    # 55 GB: two awake 8B models (53.2 GB) fit beside one parked leftover (1.07 GB), not beside two
+    limits = _limits("abcd", 55.0)
+    tiers, parked = Tiers(), []
+    for i, name in enumerate("abcdabcd"):
+        step(tiers, name, list("abcdabcd"[i + 1:]), limits)
+        used = limits.device_used(tiers.device, tiers.host)
+        assert used <= 55.0 + 1e-9, (name, tiers, used)
+        assert len(tiers.device) <= 2
+        parked.append(len(tiers.host))
+    assert max(parked) >= 1  # models were parked (a wake later), their leftovers counted
+
+
+def test_leftovers_of_parked_models_are_freed_when_they_are_what_is_in_the_way():
+    big = ModelTraits(size_gb=16, device_gb=50.0, asleep_gb=3.0)
+    limits = _limits("abc", 55.0, traits=big)
+    tiers = Tiers(device=[], host=["a", "b"])  # 6 GB of leftovers: 50 + 6 > 55
+    st = step(tiers, "c", ["a", "b"], limits)
+    assert ("release", "b") in st.evictions or ("release", "a") in st.evictions
+    assert limits.device_used(tiers.device, tiers.host) <= 55.0
+
+
+def test_bytes_never_exceed_the_device_or_host_budget_on_random_plans():
+    import random
+
+    rng = random.Random(7)
+    for trial in range(200):
+        names = "abcdef"[: rng.randint(2, 6)]
+        traits = {n: ModelTraits(size_gb=rng.uniform(1, 20), device_gb=rng.uniform(5, 40),
+                                 asleep_gb=rng.choice([0.0, 0.5, 1.0])) for n in names}
+        device = rng.uniform(41, 120)
+        host = rng.choice([None, 0.0, rng.uniform(5, 40)])
+        limits = Limits(capacity=1000, host_budget_gb=host, traits=traits, device_gb=device)
+        plan = [rng.choice(names) for _ in range(rng.randint(1, 30))]
+        tiers = Tiers()
+        for i, name in enumerate(plan):
+            step(tiers, name, plan[i + 1:], limits)
+            assert limits.device_used(tiers.device, tiers.host) <= device + 1e-9, (trial, tiers)
+            if host is not None:
+                assert sum(traits[n].size_gb for n in tiers.host) <= host + 1e-9, (trial, tiers)
+            assert name in tiers.device

@@ -1,11 +1,16 @@
 """The one residency policy: what a worker keeps, parks, evicts and prefetches.
 
-A worker's models sit in three tiers: on the device (at most ``capacity``
-swappable models), parked in host memory (up to ``host_budget_gb``; a parked
-model comes back with a wake instead of a cold start), or on disk. Whenever a
-tier is full the model needed furthest in the future of the worker's known plan
-is evicted (Belady's rule: the plan is known); a model the plan needs again is
-parked if the host tier has room, otherwise freed.
+A worker's models sit in three tiers: on the device (as many swappable models
+as fit its ``device_gb``, counted in bytes: each model's footprint awake, plus
+what every parked model of the worker still holds there -- a vLLM engine asleep
+keeps its process's CUDA context and graph pool on the GPU; ``capacity`` caps
+the count where no device size is known), parked in host memory (up to
+``host_budget_gb`` of pinned weights; a parked model comes back with a wake
+instead of a cold start), or on disk. Whenever a tier is full the model needed
+furthest in the future of the worker's known plan is evicted (Belady's rule:
+the plan is known); a model the plan needs again is parked if the host tier has
+room and its leftover on the device still lets the incoming model fit,
+otherwise freed.
 
 Pure functions over plain data. The worker actors apply these decisions to real
 engines, the planner runs :func:`simulate` to predict what each worker will load
@@ -26,7 +31,12 @@ Bring = Literal["resident", "wake", "load"]
 class ModelTraits:
     """What the policy needs to know about one model (from its engine, without loading it)."""
 
+    #: host memory it takes parked (its weights, pinned)
     size_gb: float = 0.0
+    #: device memory it takes loaded and awake (weights, KV cache, activations, CUDA context); 0: unknown
+    device_gb: float = 0.0
+    #: device memory it still takes parked (a sleeping vLLM engine's CUDA context and graph pool)
+    asleep_gb: float = 0.0
     #: parking keeps it in host memory (engines without a sleep mode free it instead)
     can_park: bool = True
     #: its weights can be read into host memory in the background while another model generates
@@ -36,16 +46,24 @@ class ModelTraits:
 
 
 def traits_of(engine: Any, size_gb: float | None = None) -> ModelTraits:
-    """An engine's declared traits (``size_gb``, ``can_park``, ``can_prefetch``, ``cheap_residency``) as plain
-    data; ``size_gb`` stands in when the engine does not know its size."""
-    return ModelTraits(float(engine.size_gb or size_gb or 0.0), engine.can_park, engine.can_prefetch,
-                       engine.cheap_residency)
+    """An engine's declared traits (its footprint, ``can_park``, ``can_prefetch``, ``cheap_residency``) as
+    plain data; ``size_gb`` stands in when the engine does not know its size."""
+    from ..memory import GB
+
+    host = float(engine.size_gb or size_gb or 0.0)
+    fp = engine.footprint() if hasattr(engine, "footprint") else None
+    if fp is None:
+        return ModelTraits(host, can_park=engine.can_park, can_prefetch=engine.can_prefetch,
+                           cheap=engine.cheap_residency)
+    return ModelTraits(fp.pinned / GB or host, fp.device / GB, fp.asleep / GB if engine.can_park else 0.0,
+                       engine.can_park, engine.can_prefetch, engine.cheap_residency)
 
 
 @dataclass(frozen=True)
 class Limits:
     """One worker's budgets and its models' traits."""
 
+    #: swappable models on the device at once, at most (the budget where no device size is known)
     capacity: int = 1
     #: None: parked models may use any amount of host memory; 0: no host tier
     host_budget_gb: float | None = None
@@ -53,9 +71,24 @@ class Limits:
     prefetch: bool = False
     #: free every model right after its job (the reference implementation; for comparisons)
     release_after: bool = False
+    #: device memory of the worker for models (GB); None: count models against ``capacity`` only
+    device_gb: float | None = None
 
     def trait(self, name: str) -> ModelTraits:
         return self.traits.get(name, ModelTraits())
+
+    def device_used(self, device: Sequence[str], host: Sequence[str]) -> float:
+        """GB on the device: the awake models' footprints and the parked models' leftovers."""
+        return sum(self.trait(n).device_gb for n in device) + sum(self.trait(n).asleep_gb for n in host)
+
+    def fits(self, device: Sequence[str], host: Sequence[str], incoming: str) -> bool:
+        """Whether ``incoming`` can come onto the device beside ``device`` (parked: ``host``)."""
+        if len(device) >= max(1, self.capacity):
+            return False
+        if self.device_gb is None:
+            return True
+        others = [n for n in host if n != incoming]
+        return self.device_used(device, others) + self.trait(incoming).device_gb <= self.device_gb + 1e-9
 
 
 @dataclass
@@ -106,17 +139,35 @@ def host_room(host: Sequence[str], need_gb: float, upcoming: Sequence[str], limi
 
 
 def make_room(tiers: Tiers, incoming: str, upcoming: Sequence[str], limits: Limits) -> list[Action]:
-    """Evictions, in order, before ``incoming`` comes to the device."""
+    """Evictions, in order, before ``incoming`` comes to the device.
+
+    Awake models go first (furthest next use first), parked if the plan needs them again, the host
+    tier has room and their leftover on the device would still let ``incoming`` fit; then, if the
+    parked models' leftovers are what is in the way, parked models are freed. A model too large for
+    the device even alone evicts everything and is left to fail at its load, which says why.
+    """
     if limits.trait(incoming).cheap or incoming in tiers.device:
         return []
     actions: list[Action] = []
     device = list(tiers.device)
     host = [n for n in tiers.host if n != incoming]  # a model that wakes frees its host copy
-    while len(device) >= max(1, limits.capacity):
+    need = limits.trait(incoming).device_gb
+    while not limits.fits(device, host, incoming):
+        if not device:
+            parked = [n for n in host if limits.trait(n).asleep_gb > 0]
+            if not parked:
+                break
+            victim = furthest(parked, upcoming)
+            host.remove(victim)
+            actions.append(("release", victim))
+            continue
         victim = furthest(device, upcoming)
         device.remove(victim)
-        if victim in upcoming and limits.trait(victim).can_park:
-            frees = host_room(host, limits.trait(victim).size_gb, upcoming, limits, keep=(victim, incoming))
+        t = limits.trait(victim)
+        leftover_fits = limits.device_gb is None or \
+            sum(limits.trait(n).asleep_gb for n in host) + t.asleep_gb + need <= limits.device_gb + 1e-9
+        if victim in upcoming and t.can_park and leftover_fits:
+            frees = host_room(host, t.size_gb, upcoming, limits, keep=(victim, incoming))
             if frees is not None:
                 actions += [("release", f) for f in frees]
                 host = [n for n in host if n not in frees] + [victim]
