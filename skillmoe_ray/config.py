@@ -252,14 +252,25 @@ class ServingConfig(_Strict):
     #: PACK (as few nodes as fit, the default), SPREAD (across nodes where it can), STRICT_PACK (one node
     #: or nothing), STRICT_SPREAD (one worker a node or nothing)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    #: swappable models a worker keeps loaded at once (its device budget, in models)
-    models_per_worker: int = Field(default=1, ge=1)
-    #: host memory (GB) a worker may fill with parked models, which come back with a wake
-    #: instead of a cold start; unset: no limit, 0: no host tier (evicted models are freed)
+    #: swappable models a worker keeps loaded at once, at most; default: as many as fit its GPU memory
+    #: (each expert's footprint in bytes: weights, KV cache, activations, CUDA context), and 1 on a
+    #: worker without a GPU
+    models_per_worker: int | None = Field(default=None, ge=1)
+    #: memory of one GPU (GB) where the workers cannot read it from the device (logical GPUs in tests
+    #: and benchmarks; a pool planned for another machine); default: read from the GPU
+    gpu_memory_gb: float | None = Field(default=None, gt=0)
+    #: share of a worker's GPU memory its models may fill (the rest: fragmentation, its own process)
+    gpu_memory_fraction: float = Field(default=0.92, gt=0, le=1)
+    #: host memory (GB) a worker may fill with parked models (pinned weights), which come back with a
+    #: wake instead of a cold start; default: 80% of what its node has available at start, shared by the
+    #: workers on that node; 0: no host tier (evicted models are freed)
     host_budget_gb: float | None = Field(default=None, ge=0)
     #: read the next model's weights into host memory while the current one generates
     #: (engines that can: transformers, simulated; vLLM builds its engine at load)
     prefetch: bool = True
+    #: the aggregator actor's GPUs: an LLM aggregator on a GPU needs memory of its own (Ray gives an
+    #: actor that asks for none no GPU of its own, and its engine would take a worker's); a fraction
+    #: shares a GPU with a worker, whose budget is then that much smaller (gpus_per_worker < 1)
     aggregator_gpus: float = Field(default=0, ge=0)
     batch_window_s: float = Field(default=0.05, ge=0)
     max_batch_size: int = Field(default=64, ge=1)

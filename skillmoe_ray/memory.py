@@ -35,8 +35,9 @@ DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2,
 #: CUDA graphs captured for the default batch sizes). ``enforce_eager`` engines capture no graphs.
 CUDA_CONTEXT_BYTES = 512 * MIB
 GRAPH_POOL_BYTES = 512 * MIB
-#: KV cache an engine reserves when its engine_args do not say (kv_cache_gb): room for several long
-#: answers at once, and never less than one sequence of max_model_len tokens (vLLM refuses to start)
+#: KV cache an engine reserves when its engine_args do not say (kv_cache_gb): half its weights' size
+#: up to this (room for several long answers at once), and never less than one sequence of
+#: max_model_len tokens (vLLM refuses to start with less)
 DEFAULT_KV_BYTES = 8 * GIB
 #: tokens vLLM's profiling run pushes through the model at once on a GPU (max_num_batched_tokens) and
 #: sequences it samples at once (max_num_seqs): they size the activation peak
@@ -210,7 +211,7 @@ def footprint(engine_args: Mapping[str, Any], shape: ModelShape | None, weights:
     ``weights`` (the weight files' bytes, or the expert's ``size_gb``) stands in where the shape is
     unknown and takes precedence over the shape's estimate where it is known. The KV cache is
     ``engine_args.kv_cache_gb`` GiB, else :data:`DEFAULT_KV_BYTES`, and never less than one
-    sequence of ``max_model_len`` tokens.
+    sequence of ``max_model_len`` tokens (half the weights, at most :data:`DEFAULT_KV_BYTES`, by default).
     """
     w = int(weights) if weights else (shape.weight_bytes() if shape else 0)
     if shape is not None:
@@ -221,6 +222,7 @@ def footprint(engine_args: Mapping[str, Any], shape: ModelShape | None, weights:
                                             int(engine_args.get("max_num_seqs") or DEFAULT_MAX_SEQS))
     else:
         need, activation = 0, 1 * GIB
-    kv = int(float(engine_args["kv_cache_gb"]) * GIB) if engine_args.get("kv_cache_gb") else max(DEFAULT_KV_BYTES, need)
+    room = min(DEFAULT_KV_BYTES, w // 2) if w else DEFAULT_KV_BYTES
+    kv = int(float(engine_args["kv_cache_gb"]) * GIB) if engine_args.get("kv_cache_gb") else max(room, need)
     graphs = 0 if engine_args.get("enforce_eager") else GRAPH_POOL_BYTES
     return Footprint(w, kv, activation, CUDA_CONTEXT_BYTES + graphs)

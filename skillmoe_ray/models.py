@@ -450,3 +450,50 @@ def model_info(folder: str | Path) -> dict[str, object]:
         return json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+# ---------------------------------------------------------------- model configs, without the weights
+
+#: a folder of model configs standing in for the hub: ``<dir>/<org>--<name>/config.json`` (and
+#: ``tokenizer_config.json``) for hub id ``<org>/<name>``; for air-gapped checks and tests
+MODEL_CONFIGS_ENV = "SKILLMOE_MODEL_CONFIGS"
+
+
+def hub_folder_name(model_id: str) -> str:
+    return model_id.strip("/").replace("/", "--")
+
+
+def model_config_folder(spec: str, configs_dir: str | Path | None = None) -> Path | None:
+    """The folder holding a model's ``config.json`` and ``tokenizer_config.json``, found without loading
+    or downloading its weights: a local folder, a prepared packaged model, the configs folder
+    (``configs_dir`` or ``$SKILLMOE_MODEL_CONFIGS``), else the hub's local cache or the hub itself
+    (config files only). None when none of them has it."""
+    if spec.startswith(PACKAGED_PREFIX):
+        folder = models_cache_dir() / "models" / get_packaged(spec).name
+        return folder if (folder / "config.json").is_file() else None
+    local = Path(spec).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    for root in (configs_dir, os.environ.get(MODEL_CONFIGS_ENV)):
+        if root:
+            folder = Path(root).expanduser() / hub_folder_name(spec)
+            if (folder / "config.json").is_file():
+                return folder
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec, "config.json")
+        if isinstance(cached, str):
+            return Path(cached).parent
+        if _truthy_env("HF_HUB_OFFLINE"):
+            return None
+        path = Path(hf_hub_download(spec, "config.json"))
+        with contextlib.suppress(Exception):
+            hf_hub_download(spec, "tokenizer_config.json")
+        return path.parent
+    except Exception:  # noqa: BLE001 - no hub, not cached, gated, or no such model
+        return None
+
+
+def _truthy_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

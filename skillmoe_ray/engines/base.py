@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 Role = Literal["expert", "keyword", "aggregator"]
 
@@ -22,6 +22,10 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 def estimate_tokens(text: str) -> int:
     """Tokens of a text with no tokenizer at hand: words and punctuation marks (close to BPE counts for English)."""
     return len(_TOKEN.findall(text))
+
+
+if TYPE_CHECKING:
+    from ..memory import Footprint
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,14 @@ class Engine(ABC):
     can_prefetch: bool = False
     #: weights in GB, when known without loading (residency budgets and planning use it)
     size_gb: float | None = None
+    #: memory of one of the worker's GPUs, in bytes (set by the worker); engines that reserve device
+    #: memory size their reservation from it (vLLM's gpu_memory_utilization)
+    device_bytes: int | None = None
+
+    def footprint(self) -> "Footprint | None":
+        """The model's memory on a device awake and asleep and in host memory parked, from its config,
+        without loading it; None where it holds no device memory or its size is unknown."""
+        return None
 
     def __init__(self, name: str) -> None:
         self.name = name

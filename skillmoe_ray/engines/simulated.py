@@ -57,13 +57,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from ..answers import LETTERS
 from ..errors import DataError
 from ..tasks import BoxedFormat, Catalogue, ChoiceFormat, NumberFormat, catalogue_or_builtin
 from .base import Engine, GenerationRequest, SamplingSettings
 
+if TYPE_CHECKING:
+    from ..memory import Footprint
 
 @dataclass(frozen=True)
 class CostConstants:
@@ -196,6 +198,8 @@ class SimulatedSpec:
     #: per-skill accuracy overrides (a question's accuracy is the mean over its known skills)
     skill_accuracy: Mapping[str, float] = field(default_factory=dict)
     constants: CostConstants = field(default_factory=CostConstants)
+    #: KV cache it reserves (GiB), as a vLLM engine's kv_cache_gb; default: as memory.footprint sizes one
+    kv_cache_gb: float | None = None
 
 
 class SimulatedEngine(Engine):
@@ -230,6 +234,14 @@ class SimulatedEngine(Engine):
     @property  # type: ignore[override]
     def size_gb(self) -> float:
         return self.spec.size_gb
+
+    def footprint(self) -> "Footprint":
+        """A vLLM engine's footprint for its weights: KV cache, activations and a CUDA context that stays
+        on the device while it sleeps; so a simulated pool fills a GPU as a real one would."""
+        from ..memory import GB, footprint
+
+        args = {"kv_cache_gb": self.spec.kv_cache_gb} if self.spec.kv_cache_gb else {}
+        return footprint(args, None, int(self.spec.size_gb * GB))
 
     def load(self) -> None:
         if self._loaded:
@@ -377,4 +389,5 @@ def spec_from_args(size_gb: float | None, args: Mapping[str, object]) -> Simulat
         accuracy=float(args.get("accuracy", 0.5)),  # type: ignore[arg-type]
         skill_accuracy=dict(args.get("skill_accuracy", {})),  # type: ignore[arg-type]
         constants=consts,
+        kv_cache_gb=float(args["kv_cache_gb"]) if args.get("kv_cache_gb") else None,  # type: ignore[arg-type]
     )

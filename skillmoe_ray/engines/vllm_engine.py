@@ -49,11 +49,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import EngineError, SkillMoEError
 from .base import Engine, GenerationRequest, SamplingSettings
 from .chat import PLAIN_STOP, encode_messages, request_seeds, strip_special_tokens, use_chat
+
+if TYPE_CHECKING:
+    from ..memory import Footprint
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,7 @@ class VLLMEngine(Engine):
         self.max_model_len: int | None = None
         self._weight_bytes = 0
         self._kv_bytes = 0
+        self._footprint: Footprint | None = None
         #: prompts cut to fit the context so far
         self.truncated_prompts = 0
         #: figures of the last load / generate / release (seconds, bytes, tokens)
@@ -271,7 +275,46 @@ class VLLMEngine(Engine):
             kw.setdefault("max_model_len", CPU_DEFAULT_MAX_MODEL_LEN)
         else:
             kw.setdefault("enable_sleep_mode", _truthy(self.engine_args.get("sleep_mode", True)))
+            kw.update(self._memory_kwargs(kw))
         return {"model": path, **kw}
+
+    def _memory_kwargs(self, kw: dict[str, Any]) -> dict[str, Any]:
+        """GPU: the engine reserves its own footprint, not a flat share of the device.
+
+        vLLM checks at start that ``gpu_memory_utilization`` x the device's memory is free and takes
+        that much; engines sharing a GPU must each ask for their own share. The share is the
+        footprint (weights, KV cache, activations, CUDA context) over the device's size, and the KV
+        cache is fixed at the footprint's, so the engine holds what the residency policy counted.
+        Set ``gpu_memory_utilization`` in engine_args to override (``skillmoe check`` warns).
+        """
+        fp = self.footprint()
+        if fp is None or not self.device_bytes:
+            return {}
+        out: dict[str, Any] = {}
+        if "gpu_memory_utilization" not in kw:
+            out["gpu_memory_utilization"] = fp.utilization(self.device_bytes)
+        if "kv_cache_memory_bytes" not in kw:
+            out["kv_cache_memory_bytes"] = fp.kv
+        return out
+
+    def footprint(self) -> "Footprint | None":
+        """From the model's config.json (a local folder, a prepared packaged model, the configs folder or
+        the hub's cache) and the engine_args; ``size_gb`` or the weight files stand in for the weights."""
+        if self._footprint is None:
+            from ..memory import GB, footprint, shape_of_folder, weight_files_bytes
+            from ..models import model_config_folder
+
+            folder = model_config_folder(self.model_spec)
+            try:
+                shape = shape_of_folder(folder) if folder else None
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("expert %s: cannot size the model from its config (%s)", self.name, exc)
+                shape = None
+            weights = (weight_files_bytes(folder) if folder else 0) or int((self.size_gb or 0) * GB)
+            if shape is None and not weights:
+                return None
+            self._footprint = footprint(self.engine_args, shape, weights or None)
+        return self._footprint
 
     def load(self) -> None:
         if self._loaded:

@@ -59,7 +59,7 @@ def start_workers(
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
     catalogue: Catalogue | None = None,
-    capacity: int = 1,
+    capacity: int | None = 1,
     timeout_s: float = 120.0,
     host_budget_gb: float | None = None,
     prefetch: bool = False,
@@ -67,6 +67,8 @@ def start_workers(
     name: str | None = None,
     namespace: str | None = None,
     strategy: str = "PACK",
+    gpu_memory_gb: float | None = None,
+    gpu_memory_fraction: float = 0.92,
 ) -> tuple[list[Any], Any, int]:
     """Worker actors, one per bundle of a placement group, so each owns its GPU(s).
 
@@ -104,6 +106,7 @@ def start_workers(
                           f"(available: {ray.available_resources()}): {exc}") from None
     remote = ray.remote(ExpertWorker)
     specs = [e.model_dump() for e in experts]
+    sharing = workers_per_node(pg, n_workers)
     handles, attached = [], 0
     for i in range(n_workers):
         actor_name = f"{name}:worker:{i}" if name else None
@@ -123,8 +126,22 @@ def start_workers(
             max_restarts=-1,
             max_task_retries=3,
             **opts,
-        ).remote(i, specs, catalogue, capacity, host_budget_gb, prefetch, release_after))
+        ).remote(i, specs, catalogue, capacity, host_budget_gb, prefetch, release_after, gpus_per_worker,
+                  gpu_memory_gb, gpu_memory_fraction, sharing[i]))
     return handles, pg, attached
+
+
+def workers_per_node(pg: Any, n_workers: int) -> list[int]:
+    """For each bundle of the workers' placement group, how many of the group's bundles share its node
+    (they share its host memory for parked models)."""
+    try:
+        from ray.util import placement_group_table
+
+        nodes = placement_group_table(pg).get("bundles_to_node_id", {})
+        where = [nodes.get(i) for i in range(n_workers)]
+        return [max(1, where.count(n)) if n else 1 for n in where]
+    except Exception:  # noqa: BLE001 - an older Ray's table, or none yet: each worker alone
+        return [1] * n_workers
 
 
 def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, llm_expert: ExpertConfig | None,

@@ -756,9 +756,21 @@ def _cancel(ref: Any) -> None:
 
 
 def limits_from(traits: Mapping[str, Mapping[str, Any]], capacity: int, host_budget_gb: float | None,
-                prefetch: bool, release_after: bool = False) -> Limits:
+                prefetch: bool, release_after: bool = False, device_gb: float | None = None) -> Limits:
     return Limits(max(1, capacity), host_budget_gb, {n: ModelTraits(**t) for n, t in traits.items()}, prefetch,
-                  release_after)
+                  release_after, device_gb)
+
+
+def limits_for(traits: Mapping[str, Mapping[str, Any]], budgets: Sequence[Mapping[str, Any]], prefetch: bool,
+               release_after: bool = False) -> Limits:
+    """The planner's limits from what the workers report of their budgets (the smallest of each, so a plan
+    never counts on room one of them lacks)."""
+    def smallest(key: str) -> Any:
+        values = [b[key] for b in budgets]
+        return None if any(v is None for v in values) else min(values, default=None)
+
+    capacity = min((b["capacity"] for b in budgets), default=1)
+    return limits_from(traits, capacity, smallest("host_budget_gb"), prefetch, release_after, smallest("device_gb"))
 
 
 class RayExecutor:

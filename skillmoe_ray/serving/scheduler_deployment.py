@@ -26,7 +26,7 @@ from ..aggregators import log_odds_weights
 from ..tasks import Catalogue, Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
 from .builders import AppSpec
-from .scheduler import Scheduler, Work, _await, limits_from
+from .scheduler import Scheduler, Work, _await, limits_for
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ class SkillMoEScheduler:
         self.workers, self.pg, attached = start_workers(
             experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, catalogue, sv.models_per_worker,
             host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch, name=name, namespace=namespace,
-            strategy=sv.placement_strategy)
+            strategy=sv.placement_strategy, gpu_memory_gb=sv.gpu_memory_gb, gpu_memory_fraction=sv.gpu_memory_fraction)
         traits = ray.get(self.workers[0].traits.remote())
+        budgets = ray.get([w.budgets.remote() for w in self.workers])
         states = ray.get([w.state.remote() for w in self.workers])
 
         profiles = {t: Profiles.from_json(p) for t, p in spec.profiles.items()}
@@ -98,7 +99,7 @@ class SkillMoEScheduler:
                 self.aggregator_actor_names[t] = f"{name}:aggregator:{who}"
         self._actors = actors
         self.core = Scheduler(
-            self.workers, limits_from(traits, sv.models_per_worker, sv.host_budget_gb, sv.prefetch),
+            self.workers, limits_for(traits, budgets, sv.prefetch),
             cost_model_for(experts), self.aggregators, agg_names, sv.batch_window_s, sv.max_batch_size,
             sv.max_concurrent_batches, sv.max_pending, aggregate_timeout_s=sv.aggregator_timeout_s,
             job_timeout_factor=sv.job_timeout_factor, job_timeout_min_s=sv.job_timeout_min_s,

@@ -26,6 +26,7 @@ from ..errors import EngineError, SkillMoEError
 from ..tasks import Catalogue, catalogue_or_builtin
 from . import metrics
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step, traits_of
+from .devices import worker_budget
 
 #: (item key, request): the key comes back with the item's text
 Item = tuple[Hashable, GenerationRequest]
@@ -34,16 +35,21 @@ Job = tuple[str, list[tuple[int, int, GenerationRequest]]]
 
 class ExpertWorker:
     def __init__(self, wid: int, experts: Sequence[dict[str, Any]], catalogue: Catalogue | None = None,
-                 capacity: int = 1, host_budget_gb: float | None = None, prefetch: bool = False,
-                 release_after: bool = False):
+                 capacity: int | None = 1, host_budget_gb: float | None = None, prefetch: bool = False,
+                 release_after: bool = False, gpus: float = 0.0, gpu_memory_gb: float | None = None,
+                 gpu_memory_fraction: float = 0.92, workers_on_node: int = 1):
         self.wid = wid
         self.configs = {e["name"]: ExpertConfig.model_validate(e) for e in experts}
         #: the deployment's tasks, shipped with the actor (recorded and simulated engines read their data)
         self.catalogue = catalogue
         self.engines: dict[str, Engine] = {}
         self.tiers = Tiers()
-        self.limits = Limits(max(1, capacity), host_budget_gb, {n: self._traits(n) for n in self.configs},
-                             prefetch, release_after)
+        #: its device's bytes for models and its host bytes for parked ones (serving/devices.py)
+        self.budget = worker_budget(gpus, gpu_memory_gb, gpu_memory_fraction, capacity, host_budget_gb,
+                                    workers_on_node)
+        self.limits = Limits(self.budget.capacity, self.budget.host_budget_gb,
+                             {n: self._traits(n) for n in self.configs}, prefetch, release_after,
+                             self.budget.device_gb)
         self.loads = 0
         self.wakes = 0
         self.prefetches = 0
@@ -58,7 +64,9 @@ class ExpertWorker:
         if name not in self.engines:
             if name not in self.configs:
                 raise EngineError(f"worker {self.wid}: no expert named {name!r}")
-            self.engines[name] = create_engine(self.configs[name], self.catalogue)
+            engine = create_engine(self.configs[name], self.catalogue)
+            engine.device_bytes = self.budget.gpu_bytes
+            self.engines[name] = engine
         return self.engines[name]
 
     def _traits(self, name: str) -> ModelTraits:
@@ -71,12 +79,17 @@ class ExpertWorker:
 
     def add_engine(self, engine: Engine) -> None:
         """Put a ready-made engine in the pool (benchmarks and tests build their own)."""
+        engine.device_bytes = self.budget.gpu_bytes
         self.engines[engine.name] = engine
         self.limits = replace(self.limits, traits={**self.limits.traits, engine.name: traits_of(engine)})
 
     def traits(self) -> dict[str, dict[str, Any]]:
         """Every model's traits, for the planner's copy of the residency policy."""
         return {n: asdict(t) for n, t in self.limits.traits.items()}
+
+    def budgets(self) -> dict[str, Any]:
+        """The worker's budgets, for the planner's copy of the residency policy."""
+        return self.budget.as_dict()
 
     # ------------------------------------------------------------------ jobs
 
