@@ -188,15 +188,21 @@ def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
     return len(questions)
 
 
+#: host memory of one simulated GPU worker for parked models: an 8-GPU server with 2 TB
+SIM_HOST_GB_PER_WORKER = 256.0
+
+
 def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: float, plan_costs,
           n_naive: int, reference: bool, prefetch: bool = False, placement: str = "PACK") -> dict:
     """Start worker actors for ``experts``, run one strategy, and stop them; wall seconds and load counts."""
     import ray
 
     from skillmoe_ray.serving.actors import start_workers, stop_actors
-    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
 
-    host_budget = 0.0 if reference else None
+    # a GPU server's host memory for parked weights: 2 TB over its 8 GPUs (the worker's default, what this
+    # machine's node can give, would be this 2-core machine's, not the simulated server's)
+    host_budget = 0.0 if reference else SIM_HOST_GB_PER_WORKER
     fetch = prefetch and not reference
     handles, pg, _ = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
                                    host_budget_gb=host_budget, prefetch=fetch, release_after=reference, timeout_s=600,
@@ -204,7 +210,8 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
     executor = None
     try:
         ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
-        limits = limits_from(ray.get(handles[0].traits.remote()), 1, host_budget, fetch, reference)
+        budgets = ray.get([h.budgets.remote() for h in handles])
+        limits = limits_for(ray.get(handles[0].traits.remote()), budgets, fetch, reference)
         # the scheduler the server runs: planning, residency prediction and per-job dispatch
         executor = RayExecutor(Scheduler(handles, limits, plan_costs))
         t0 = time.perf_counter()

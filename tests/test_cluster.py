@@ -197,7 +197,7 @@ def main() -> None:
     from skillmoe_ray.pool import pool_experts
     from skillmoe_ray.scheduling.planner import CostModel
     from skillmoe_ray.serving.actors import start_workers, stop_actors
-    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
     from skillmoe_ray.tasks import load_questions
 
     def free_port() -> int:
@@ -223,7 +223,8 @@ def main() -> None:
             ex = None
             try:
                 infos = ray.get([w.info.remote() for w in workers], timeout=60)
-                limits = limits_from(ray.get(workers[0].traits.remote()), 1, None, False)
+                budgets = ray.get([h.budgets.remote() for h in workers])
+                limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
                 # loads are expensive here, so the planner splits the experts over the workers
                 ex = RayExecutor(Scheduler(workers, limits, CostModel(default_load_s=5.0, default_per_prompt_s=0.1)))
                 texts = ex.run(group_by_expert([names] * len(qs), reqs), SamplingSettings())

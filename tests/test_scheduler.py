@@ -41,7 +41,7 @@ def test_planner_predicts_what_the_workers_do(ray_cluster):
     import ray
 
     from skillmoe_ray.serving.actors import start_workers, stop_actors
-    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
 
     rng = random.Random(11)
     for trial in range(4):
@@ -55,7 +55,8 @@ def test_planner_predicts_what_the_workers_do(ray_cluster):
                                        prefetch=prefetch)
         ex = None
         try:
-            limits = limits_from(ray.get(workers[0].traits.remote()), capacity, budget, prefetch)
+            budgets = ray.get([h.budgets.remote() for h in workers])
+            limits = limits_for(ray.get(workers[0].traits.remote()), budgets, prefetch)
             cost = CostModel(load_s={n: 2.0 * e.size_gb for n, e in zip(names, experts)}, default_per_prompt_s=0.5)
             ex = RayExecutor(Scheduler(workers, limits, cost))
             for step in range(5):
@@ -87,7 +88,7 @@ def test_a_question_with_resident_experts_returns_before_a_slow_one_of_the_same_
     import ray
 
     from skillmoe_ray.serving.actors import start_aggregator, start_workers, stop_actors
-    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, Work, limits_from
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, Work, limits_for
     from skillmoe_ray.tasks import Question, load_questions
 
     real = {"clock": "real", "time_scale": 1.0, "load_fixed_s": 2.0, "load_gbps": 1e9, "out_tokens": 1}
@@ -96,7 +97,8 @@ def test_a_question_with_resident_experts_returns_before_a_slow_one_of_the_same_
     agg, _ = start_aggregator("vote", {"GPQA": ["fast", "slow"]}, {}, None, None)
     ex = None
     try:
-        limits = limits_from(ray.get(workers[0].traits.remote()), 2, None, False)
+        budgets = ray.get([h.budgets.remote() for h in workers])
+        limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
         cost = CostModel(load_s={"fast": 2.0, "slow": 2.0}, default_per_prompt_s=0.01)
         sched = Scheduler(workers, limits, cost, {"GPQA": agg}, {"GPQA": "vote"}, batch_window_s=0.3)
         ex = RayExecutor(sched)
@@ -251,7 +253,7 @@ def streaming_pool(ray_cluster):
     import ray
 
     from skillmoe_ray.serving.actors import start_aggregator, start_workers, stop_actors
-    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
 
     experts = [sim_expert(n, 1.0, load_fixed_s=0.0) for n in ("e1", "e2")]
     writer = sim_expert("writer", 1.0, clock="real", out_tokens=20, step_fixed_s=0.05, load_fixed_s=0.0)
@@ -263,7 +265,8 @@ def streaming_pool(ray_cluster):
         started.append(agg)
         return agg
 
-    limits = limits_from(ray.get(workers[0].traits.remote()), 2, None, False)
+    budgets = ray.get([h.budgets.remote() for h in workers])
+    limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
     sched = Scheduler(workers, limits, CostModel(load_s={"e1": 0.0, "e2": 0.0}, default_per_prompt_s=0.01),
                       {"GPQA": new_aggregator()}, {"GPQA": "writer"}, batch_window_s=0.01, aggregate_timeout_s=20)
     ex = RayExecutor(sched)
@@ -355,3 +358,54 @@ def test_an_aggregator_lost_mid_stream_falls_back_to_a_vote(streaming_pool):
     assert result["aggregator"] == "vote (fallback: aggregator writer failed)" and result["answer"] in "ABCD"
     assert sum("delta" in e for e in events) >= 2 and sched.pending == 0
     sched.aggregators["GPQA"] = new_aggregator()
+
+
+def test_a_generation_five_times_slower_than_predicted_keeps_its_worker(ray_cluster):
+    """Deadlines come from measured times; one that passes makes the scheduler look at the worker, and a
+    worker alive and working is given more time, however slow, instead of being declared lost."""
+    import ray
+
+    from skillmoe_ray.scheduling.planner import CostModel
+    from skillmoe_ray.serving.actors import start_workers, stop_actors
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
+
+    # 400 decode steps of 10 ms on a real clock: 4 s a job
+    experts = [sim_expert("slow", 1.0, clock="real", load_fixed_s=0.0, out_tokens=400, step_fixed_s=0.01)]
+    workers, pg, _ = start_workers(experts, 1, cpus_per_worker=0.25)
+    ex = None
+    try:
+        budgets = ray.get([h.budgets.remote() for h in workers])
+        limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
+        sched = Scheduler(workers, limits, CostModel(load_s={"slow": 0.0}, default_per_prompt_s=0.01),
+                          job_timeout_factor=1.0, job_timeout_min_s=0.5, probe_interval_s=0.2)
+        # what it measured before: 400 steps in 0.16 s; this job's prediction is 0.16 s, its deadline 0.66 s
+        sched.times.observe("slow", {"bring": "resident", "generate_s": 0.16}, [400])
+        predicted = sched.times.predict("slow", "resident", 400)
+        ex = RayExecutor(sched)
+        t0 = time.perf_counter()
+        texts = ex.run({"slow": [(0, 0, GenerationRequest.user("q", key="GPQA/test/0"))]},
+                       SamplingSettings(max_tokens=400))
+        took = time.perf_counter() - t0
+        assert len(texts) == 1 and took >= 5 * (0.5 + predicted)  # well past its deadline
+        assert sched.slow_jobs >= 1 and sched.views[0].alive
+        assert not [e for e in sched.events if e["event"] == "lost"], sched.events
+        # and it learned: the next deadline is counted from what this job took
+        assert sched.times.experts["slow"].step_s > 0.16 / 400
+    finally:
+        if ex is not None:
+            ex.close()
+        stop_actors(workers, pg)
+
+
+def test_job_times_are_learned_per_expert_and_generous_before_a_measurement():
+    from skillmoe_ray.scheduling.timing import UNMEASURED_STEP_S, JobTimes
+
+    times = JobTimes({"a": 30.0}, {"a": 3.0})
+    assert times.predict("a", "load", 4096) == pytest.approx(30.0 + 4096 * UNMEASURED_STEP_S)
+    assert times.predict("b", "resident", 100) == pytest.approx(100 * UNMEASURED_STEP_S)
+    times.observe("a", {"bring": "load", "load_s": 12.0, "generate_s": 20.0}, [100, 400, 250])
+    assert times.measured("a") and not times.measured("b")
+    assert times.predict("a", "load", 1000) == pytest.approx(12.0 + 1000 * 20.0 / 400)  # the longest answer paces it
+    assert times.predict("a", "wake", 0) == pytest.approx(3.0) and times.predict("a", "resident", 0) == 0.0
+    times.observe("a", {"bring": "wake", "load_s": 1.0, "generate_s": 10.0}, [400])
+    assert times.bring_s("a", "wake") == 1.0 and times.experts["a"].step_s < 20.0 / 400

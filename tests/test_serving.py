@@ -86,7 +86,7 @@ def test_workers_own_their_logical_gpus_and_follow_the_plan(ray_cluster, recorde
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
     from skillmoe_ray.execution import group_by_expert
     from skillmoe_ray.serving.actors import start_workers, stop_actors
-    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
 
     workers, pg, _ = start_workers(recorded_runtime.experts, 2, gpus_per_worker=1, cpus_per_worker=0.5)
     ex = None
@@ -94,7 +94,8 @@ def test_workers_own_their_logical_gpus_and_follow_the_plan(ray_cluster, recorde
         infos = ray.get([w.info.remote() for w in workers])
         assert sorted(i["cuda_visible_devices"] for i in infos) == ["0", "1"]
         # a plan where loads are expensive: the planner splits experts across both workers
-        limits = limits_from(ray.get(workers[0].traits.remote()), 1, None, False)
+        budgets = ray.get([h.budgets.remote() for h in workers])
+        limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
         ex = RayExecutor(Scheduler(workers, limits, CostModel(default_load_s=5.0, default_per_prompt_s=0.1)))
         names = recorded_runtime.expert_names[:4]
         qs = recorded_runtime.questions(get_task("MMLU_Pro"), "test")[:6]

@@ -104,7 +104,8 @@ def start_workers(
         ray.util.remove_placement_group(pg)
         raise EngineError(f"cannot place {n_workers} workers of {bundle} ({strategy}) on this cluster "
                           f"(available: {ray.available_resources()}): {exc}") from None
-    remote = ray.remote(ExpertWorker)
+    # a "probe" group runs progress looks beside a running job (the default group runs jobs one at a time)
+    remote = ray.remote(concurrency_groups={"probe": 1})(ExpertWorker)
     specs = [e.model_dump() for e in experts]
     sharing = workers_per_node(pg, n_workers)
     handles, attached = [], 0

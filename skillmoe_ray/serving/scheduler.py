@@ -33,6 +33,7 @@ from ..execution import ExpertPlan, describe_unhealthy, substitute_unhealthy
 from ..solution import ExpertAnswer
 from ..scheduling.planner import Assignment, Costs, WorkerState, plan_grouped
 from ..scheduling.residency import Limits, ModelTraits, Tiers
+from ..scheduling.timing import JobTimes
 from ..tasks import Catalogue, Question, catalogue_or_builtin
 from . import metrics
 from .http import user_error
@@ -100,6 +101,8 @@ class _WorkerView:
 
     tiers: Tiers = field(default_factory=Tiers)
     pending_s: float = 0.0
+    #: the queued jobs' predicted seconds from measured times (their deadlines are counted from this)
+    predicted_s: float = 0.0
     inflight: int = 0
     #: residency predicted by the planner, summed over every job sent
     predicted_loads: int = 0
@@ -149,9 +152,14 @@ class Scheduler:
         self.max_pending = max_pending
         self.aggregate_timeout_s = aggregate_timeout_s
         self.attempts = attempts
-        #: a job is given up on (and its worker counted lost) after factor x its predicted finish, at least min_s
+        #: a job past min_s + factor x its predicted finish (from measured times) has its worker checked:
+        #: lost if it does not answer, given another period if it is alive and working
         self.job_timeout_factor = job_timeout_factor
         self.job_timeout_min_s = job_timeout_min_s
+        #: per expert, load, wake and decode-step times the workers measured
+        self.times = JobTimes({e: cost.load(e) for e in limits.traits}, {e: cost.wake(e) for e in limits.traits})
+        #: jobs that outlived their deadline on a worker that was alive and working
+        self.slow_jobs = 0
         self.probe_interval_s = probe_interval_s
         self.views = {i: _WorkerView() for i in range(len(self.workers))}
         #: (worker, seconds it was out) for every loss and return, for the pool view and benchmarks
@@ -230,21 +238,28 @@ class Scheduler:
             for i, ((e, part), bring) in enumerate(zip(jobs, outcome.brings)):
                 seconds = (0.0 if bring == "resident" else cost.wake(e) if bring == "wake" else cost.load(e)) \
                     + cost.generate(e, len(part))
+                predicted = self.times.predict(e, bring, sampling.max_tokens)
                 view.pending_s += seconds
+                view.predicted_s += predicted
                 view.inflight += 1
-                deadline = self.job_timeout_min_s + self.job_timeout_factor * view.pending_s
+                deadline = self.job_timeout_min_s + self.job_timeout_factor * view.predicted_s
                 ref = self.workers[wid].run_job.remote(e, part, sampling, names[i + 1:])
-                futures.append(asyncio.ensure_future(self._job(wid, e, part, ref, seconds, deadline)))
+                futures.append(asyncio.ensure_future(self._job(wid, e, part, ref, seconds, deadline, predicted)))
         return futures
 
     async def _job(self, wid: int, expert: str, items: list[Item], ref: Any, seconds: float,
-                   deadline_s: float = 1e9) -> tuple:
+                   deadline_s: float = 1e9, predicted_s: float = 0.0) -> tuple:
         view = self.views[wid]
         assert view.lost is not None
         lost = asyncio.ensure_future(view.lost.wait())
         fut = asyncio.ensure_future(_await(ref))
         try:
-            done, _ = await asyncio.wait({fut, lost}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                done, _ = await asyncio.wait({fut, lost}, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+                if done or not await self._working(wid, expert, deadline_s):
+                    break
+                # alive and working: slow is not lost; look again after another period
+                deadline_s = self.job_timeout_min_s + self.job_timeout_factor * max(predicted_s, seconds)
             if fut in done:
                 try:
                     result: Any = fut.result()
@@ -254,7 +269,8 @@ class Scheduler:
                         self._lose(wid, f"{type(exc).__name__} running {expert}")
                         result = WorkerLost(f"worker {wid} died running {expert}")
             else:
-                why = "its node is gone" if lost in done else f"a job of {expert} outlived its {deadline_s:.0f} s deadline"
+                why = "its node is gone" if lost in done else \
+                    f"a job of {expert} outlived its {deadline_s:.0f} s deadline and the worker does not answer"
                 self._lose(wid, why)
                 _cancel(ref)
                 result = WorkerLost(f"worker {wid} lost: {why}")
@@ -262,13 +278,33 @@ class Scheduler:
             lost.cancel()
             view.inflight -= 1
             view.pending_s = max(0.0, view.pending_s - seconds)
+            view.predicted_s = max(0.0, view.predicted_s - predicted_s)
         if isinstance(result, dict):
+            if "job" in result and not result.get("failed"):
+                self.times.observe(expert, result["job"], [c for _, c in (result.get("usage") or {}).values()])
             if result.get("failed"):
                 self.unhealthy.update(result["failed"])
                 metrics.unhealthy(len(self.unhealthy))
             if view.inflight == 0:  # nothing queued: the worker's own account is the truth
                 self.adopt([result["state"]])
         return expert, items, result
+
+    async def _working(self, wid: int, expert: str, waited_s: float) -> bool:
+        """Whether a worker whose job outlived its deadline is alive and working (it answers a look at
+        its progress, which runs beside its jobs); a worker that does not answer in time is not."""
+        try:
+            ref = self.workers[wid].progress.options(concurrency_group="probe").remote()
+            progress = await asyncio.wait_for(_await(ref), timeout=max(5.0, 2 * self.probe_interval_s))
+        except Exception as exc:  # noqa: BLE001 - dead, hung, or unreachable
+            log.warning("worker %d: a job of %s is past its %.0f s deadline and the worker does not answer (%s)",
+                        wid, expert, waited_s, type(exc).__name__)
+            return False
+        self.slow_jobs += 1
+        log.warning("worker %d: a job of %s is past its %.0f s deadline; the worker is alive and working "
+                    "(%s for %.0f s), so it is given more time", wid, expert, waited_s,
+                    progress.get("running") or "between jobs", progress.get("running_s", 0.0))
+        self.events.append({"worker": wid, "event": "slow", "expert": expert, "at": time.time()})
+        return True
 
     # ------------------------------------------------------------------ losing and regaining workers
 

@@ -57,6 +57,8 @@ class ExpertWorker:
         self.jobs_done = 0
         self.usage: dict[str, int] = {}
         self.failed: dict[str, str] = {}
+        #: the job running now: (expert, when it started), for progress looks from the scheduler
+        self.running: tuple[str, float] | None = None
 
     # ------------------------------------------------------------------ engines
 
@@ -101,6 +103,14 @@ class ExpertWorker:
         A model that fails to load leaves its items unanswered and is reported in ``failed``.
         """
         t0 = time.perf_counter()
+        self.running = (name, t0)
+        try:
+            return self._run_job(name, items, sampling, upcoming, t0)
+        finally:
+            self.running = None
+
+    def _run_job(self, name: str, items: Sequence[Item], sampling: SamplingSettings, upcoming: Sequence[str],
+                 t0: float) -> dict[str, Any]:
         tiers = self.tiers.copy()
         st: Step | None = None
         try:
@@ -190,6 +200,13 @@ class ExpertWorker:
 
     def resident(self) -> list[str]:
         return self.tiers.cheap + self.tiers.device
+
+    def progress(self) -> dict[str, Any]:
+        """What the worker is doing now. Called in the actor's "probe" concurrency group, beside a running
+        job: an answer means the process is alive and its job is being worked on, however slow."""
+        running = self.running
+        return {"wid": self.wid, "running": running[0] if running else None,
+                "running_s": time.perf_counter() - running[1] if running else 0.0, "jobs_done": self.jobs_done}
 
     def parked(self) -> list[str]:
         return list(self.tiers.host)
