@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     mp.add_argument("names", nargs="*", help="model names (default: those the --config pool uses, else all)")
     mp.add_argument("--config", help="prepare the packaged models this deployment uses")
 
+    sp = sub.add_parser("check", help="preflight: what would fail or misbehave on the GPUs the deployment targets")
+    sp.add_argument("--config", required=True, help="deployment YAML")
+    sp.add_argument("--model-configs", help="folder of <org>--<name>/config.json (and tokenizer_config.json) "
+                                            "standing in for the hub (default: $SKILLMOE_MODEL_CONFIGS)")
+    sp.add_argument("--gpu-memory-gb", type=float, help="one GPU's memory in GB, to check the fits against "
+                                                         "(default: serving.gpu_memory_gb, else the GPU here)")
+    sp.add_argument("--address", help="also check the placement against this running Ray cluster")
+    sp.add_argument("--recorded-dir", help="use the <model>.jsonl.gz recordings in DIR as the pool")
+
     sp = sub.add_parser("serve", help="serve the deployment over HTTP on Ray Serve until stopped")
     sp.add_argument("--config", required=True, help="deployment YAML")
     sp.add_argument("--host", help="bind address (default: the config's serving.host, 127.0.0.1)")
@@ -137,6 +146,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "record":
         return _record(args, cfg)
+    if args.command == "check":
+        return _check(args, cfg)
     rt = Runtime.from_config(cfg, recorded_dir=args.recorded_dir, progress=not args.quiet)
     task = rt.task(args.task)
 
@@ -163,6 +174,27 @@ def _run(args: argparse.Namespace) -> int:
             print(f"results written to {args.out}")
         return 0
     raise AssertionError(args.command)
+
+
+def _check(args: argparse.Namespace, cfg) -> int:
+    from .pool import pool_experts
+    from .preflight import format_report, preflight, ray_nodes
+
+    nodes = None
+    if args.address:
+        from .serving.local import ensure_ray_env
+
+        ensure_ray_env()
+        import ray
+
+        ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
+        try:
+            nodes = ray_nodes()
+        finally:
+            ray.shutdown()
+    report = preflight(cfg, pool_experts(cfg, args.recorded_dir), args.model_configs, args.gpu_memory_gb, nodes)
+    print(format_report(report))
+    return 2 if report.errors else 0
 
 
 def _record(args: argparse.Namespace, cfg) -> int:

@@ -37,8 +37,17 @@ def resolve_config_path(value: str) -> str:
     return str((root / p).resolve()) if (root / p).is_file() else str(p)
 
 
+def _ray_up() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized()
+    except ImportError:
+        return False
+
+
 def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = False,
-             build_profiles: bool = False) -> AppSpec:
+             build_profiles: bool = False, cluster_check: bool = False) -> AppSpec:
     """The profiles of every served task, loaded here once and shipped with the application.
 
     Missing or stale profiles are an error naming the command that builds them (``skillmoe profile``):
@@ -46,8 +55,14 @@ def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = Fals
     the whole validation split. ``build_profiles`` builds them in this process instead, as
     ``skillmoe serve`` does for a local run.
     """
+    from ..pool import pool_experts
+    from ..preflight import preflight, ray_nodes
     from ..runtime import Runtime
 
+    # the checks of `skillmoe check`, before anything is built; the cluster's resources only where this
+    # process runs in the cluster it deploys to (an autoscaling cluster grows its nodes later)
+    nodes = ray_nodes() if cluster_check and _ray_up() else None
+    preflight(cfg, pool_experts(cfg, recorded_dir), nodes=nodes).raise_for_errors()
     rt = Runtime.from_config(cfg, recorded_dir=recorded_dir, progress=progress)
     profiles = {}
     for name in cfg.serving.tasks:
@@ -63,12 +78,12 @@ def app_spec(cfg: Config, recorded_dir: str | None = None, progress: bool = Fals
 
 
 def build_application(cfg: Config, recorded_dir: str | None = None, progress: bool = False,
-                      build_profiles: bool = True) -> Any:
+                      build_profiles: bool = True, cluster_check: bool = False) -> Any:
     """The bound application: a one-replica scheduler that owns the pool, and N stateless ingress replicas."""
     from .ingress import SkillMoEIngress
     from .scheduler_deployment import SkillMoEScheduler
 
-    spec = app_spec(cfg, recorded_dir, progress, build_profiles)
+    spec = app_spec(cfg, recorded_dir, progress, build_profiles, cluster_check)
     placement: dict[str, Any] = {"num_cpus": 0}
     if cfg.serving.control_on_head:  # Ray gives the head node this resource (1 of it); a sliver pins there
         placement["resources"] = {HEAD_NODE_RESOURCE: 0.001}

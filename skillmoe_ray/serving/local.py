@@ -68,7 +68,7 @@ def start_serving(config_path: str | Path, cfg: Config, host: str, port: int, re
             starting.set_progress.remote({"stage": text})
 
     stage(f"loading profiles of {', '.join(cfg.serving.tasks)} (built on the validation split if missing)")
-    app = build_application(cfg, recorded_dir, progress=announce)
+    app = build_application(cfg, recorded_dir, progress=announce, cluster_check=True)
     stage(f"starting {cfg.serving.workers} worker(s) and the scheduler; models load as the first batches need them")
     try:
         serve.run(app, name="skillmoe", route_prefix="/", blocking=False)

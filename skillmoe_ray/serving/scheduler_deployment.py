@@ -91,7 +91,7 @@ class SkillMoEScheduler:
                 agg.mode, {t: self.rankings[t] for t in tasks},
                 {t: log_odds_weights(profiles[t].accuracy) for t in tasks},
                 by_name[who] if agg.mode == "llm" else None, catalogue, sv.aggregator_gpus, agg.max_tokens,
-                name=f"{name}:aggregator:{who}", namespace=namespace)
+                name=f"{name}:aggregator:{who}", namespace=namespace, gpu_memory_gb=sv.gpu_memory_gb)
             attached += found
             actors.append(actor)
             for t in tasks:

@@ -260,7 +260,7 @@ class AggregatorWorker:
 
     def __init__(self, mode: str, ranking_by_task: dict[str, list[str]], weights_by_task: dict[str, dict[str, float]],
                  llm_expert: dict[str, Any] | None = None, catalogue: Catalogue | None = None,
-                 max_tokens: int = 4096):
+                 max_tokens: int = 4096, gpus: float = 0.0, gpu_memory_gb: float | None = None):
         self.mode = mode
         self.catalogue = catalogue_or_builtin(catalogue)
         self.ranking_by_task = ranking_by_task
@@ -270,6 +270,8 @@ class AggregatorWorker:
         self.loads = 0
         if llm_expert is not None:
             self.engine = create_engine(ExpertConfig.model_validate(llm_expert), self.catalogue)
+            # its engine reserves its own footprint of the GPU it was given (a share of one, beside a worker)
+            self.engine.device_bytes = worker_budget(gpus, gpu_memory_gb).gpu_bytes
             self.engine.load()
             self.loads += 1
 
