@@ -29,6 +29,7 @@ system: one worker per GPU, grouped, load-balanced, long jobs split, no sleep),
     python benchmarks/latency.py             # all figures: W = 1, 2, 4, 8 measured
     python benchmarks/latency.py --real      # real models: the CPU pool on vLLM CPU, 4 questions
     python benchmarks/latency.py --nodes 2   # the planner on 1 node x 8 GPUs and on 2 nodes x 4 (multi-node)
+    python benchmarks/latency.py --memory 80,141  # memory in bytes on H100s and H200s vs one model a GPU
 
 With ``--real`` the pool is ``deployments/local-cpu.yaml`` (four small
 packaged models on vLLM's CPU build) on the first few GPQA test questions:
@@ -193,7 +194,8 @@ SIM_HOST_GB_PER_WORKER = 256.0
 
 
 def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: float, plan_costs,
-          n_naive: int, reference: bool, prefetch: bool = False, placement: str = "PACK") -> dict:
+          n_naive: int, reference: bool, prefetch: bool = False, placement: str = "PACK",
+          gpu_memory_gb: float | None = None, batches: int = 1) -> dict:
     """Start worker actors for ``experts``, run one strategy, and stop them; wall seconds and load counts."""
     import ray
 
@@ -204,9 +206,11 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
     # machine's node can give, would be this 2-core machine's, not the simulated server's)
     host_budget = 0.0 if reference else SIM_HOST_GB_PER_WORKER
     fetch = prefetch and not reference
+    # one model a GPU (today's figures), or as many as fit a GPU of gpu_memory_gb, counted in bytes
     handles, pg, _ = start_workers(experts, n_actors, gpus_per_worker=gpus, cpus_per_worker=cpus,
-                                   host_budget_gb=host_budget, prefetch=fetch, release_after=reference, timeout_s=600,
-                                   strategy=placement)
+                                   capacity=None if gpu_memory_gb else 1, host_budget_gb=host_budget, prefetch=fetch,
+                                   release_after=reference, timeout_s=600, strategy=placement,
+                                   gpu_memory_gb=gpu_memory_gb)
     executor = None
     try:
         ray.get([h.info.remote() for h in handles])  # actors up before the clock starts
@@ -215,7 +219,7 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
         # the scheduler the server runs: planning, residency prediction and per-job dispatch
         executor = RayExecutor(Scheduler(handles, limits, plan_costs))
         t0 = time.perf_counter()
-        n = run_strategy(s, executor, strategy, n_naive)
+        n = sum(run_strategy(s, executor, strategy, n_naive) for _ in range(batches))
         wall = time.perf_counter() - t0
         infos = ray.get([h.info.remote() for h in handles])
     finally:
@@ -227,8 +231,12 @@ def timed(s: dict, experts, strategy: str, n_actors: int, gpus: float, cpus: flo
 
 
 def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive: int,
-            placement: str = "PACK") -> dict:
-    """Wall seconds of one strategy through the serving path, converted to simulated seconds per question."""
+            placement: str = "PACK", gpu_memory_gb: float | None = None, batches: int = 1,
+            kv_gb: float | None = None) -> dict:
+    """Wall seconds of one strategy through the serving path, converted to simulated seconds per question.
+
+    With ``gpu_memory_gb`` (the planner only), workers hold as many experts as fit a GPU of that size,
+    counted in bytes, and each expert's KV cache is its footprint's (``fitted`` from :func:`byte_costs`)."""
     reference = strategy != "planner"
     experts = []
     for e in s["rt"].experts:
@@ -237,12 +245,108 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
                     step_fixed_s=m.constants.step_fixed_s,
                     release_s=REFERENCE_RELEASE_S if reference else 0.0,
                     tensor_parallel_size=workers if reference else 1)
+        if gpu_memory_gb:
+            args["kv_tokens"] = m.constants.kv_tokens
+            if kv_gb:
+                args["kv_cache_gb"] = kv_gb
         experts.append(e.model_copy(update={"engine_args": args}))
     n_actors, gpus = (1, workers) if reference else (workers, 1)
     plan_costs = replace(fitted.with_constants(release_s=REFERENCE_RELEASE_S if reference else 0.0),
                          tp=workers if reference else 1)
-    m = timed(s, experts, strategy, n_actors, gpus, 0.5, plan_costs, n_naive, reference, placement=placement)
+    m = timed(s, experts, strategy, n_actors, gpus, 0.5, plan_costs, n_naive, reference, placement=placement,
+              gpu_memory_gb=gpu_memory_gb, batches=batches)
     return {**m, "per_question_s": m["wall_s"] / scale / m["questions"]}
+
+
+#: KV bytes of one token of an 8B model of the pool (Llama 3 8B: 32 layers x 8 KV heads x 128 x 2 x bf16)
+KV_BYTES_PER_TOKEN = 128 * 1024
+GPU_MEMORY_FRACTION = 0.92
+
+
+def byte_costs(s: dict, fitted, gpu_gb: float, kv_gb: float | None = None):
+    """The planner's limits for workers with a GPU of ``gpu_gb`` counted in bytes, and the fitted costs with each
+    expert's KV cache cut to its footprint's (several share a GPU, so none has the whole GPU's KV room):
+    ``kv_gb`` GiB each, or the footprint's default (half the weights, at most 8 GiB)."""
+    from skillmoe_ray.memory import GB, footprint
+    from skillmoe_ray.scheduling.residency import Limits, ModelTraits
+
+    traits, pool = {}, dict(fitted.pool)
+    for e in s["rt"].experts:
+        fp = footprint({"kv_cache_gb": kv_gb} if kv_gb else {}, None, int(e.size_gb * GB))
+        traits[e.name] = ModelTraits(fp.pinned / GB, fp.device / GB, fp.asleep / GB, True, True, False)
+        m = pool[e.name]
+        pool[e.name] = replace(m, constants=replace(m.constants, kv_tokens=int(fp.kv // KV_BYTES_PER_TOKEN)))
+    limits = Limits(capacity=1000, host_budget_gb=SIM_HOST_GB_PER_WORKER, traits=traits,
+                    device_gb=gpu_gb * GPU_MEMORY_FRACTION)
+    return limits, replace(fitted, pool=pool)
+
+
+def main_memory(args) -> int:
+    """The planner with memory counted in bytes on GPUs of each size, beside one model per GPU, in one run."""
+    from skillmoe_ray.scheduling.makespan import planner_plan
+
+    sizes = [float(g) for g in args.memory.split(",")]
+    measured_w = sorted(int(w) for w in (args.workers or "1,4").split(","))
+    scale = args.scale or 0.004
+    s = setup(args.config, sim_state_dir())
+    fitted, _, _ = calibrate(s)
+    kvs = [float(k) or None for k in args.kv_gb.split(",")]
+    layouts: list[tuple[str, float | None, float | None]] = [("one model a GPU", None, None)] + [
+        (f"{g:g} GB, in bytes, KV {f'{k:g} GiB' if k else 'default'}", g, k) for g in sizes for k in kvs]
+    rows: dict = {}
+    for label, gb, kv in layouts:
+        limits, costs = byte_costs(s, fitted, gb, kv) if gb else (None, fitted)
+        for w in measured_w:
+            pred, loads, wakes = planner_plan(s["selections"], s["aggregator"], costs, w, s["agg_tokens"], limits,
+                                              batches=args.batches)
+            per_gpu = None
+            if limits is not None:  # of the pool's typical (median-sized) expert
+                sizes = sorted(t.device_gb for t in limits.traits.values())
+                per_gpu = int(limits.device_gb // sizes[len(sizes) // 2])
+            rows[(label, w)] = {"predicted": pred / len(s["questions"]) / args.batches, "predicted_loads": loads,
+                                "predicted_wakes": wakes, "fits": per_gpu, "gpu_gb": gb, "kv_gb": kv, "costs": costs}
+    if not args.predict_only:
+        from skillmoe_ray.serving.local import ensure_ray_env
+
+        ensure_ray_env()
+        import ray
+
+        ray.init(address="local", include_dashboard=False, num_cpus=max(measured_w) + 4, num_gpus=max(measured_w),
+                 log_to_driver=False, configure_logging=False)
+        try:
+            for (label, w), r in rows.items():
+                m = measure(s, r["costs"], "planner", w, scale, 0, gpu_memory_gb=r["gpu_gb"], batches=args.batches,
+                            kv_gb=r["kv_gb"])
+                r.update(m)
+                print(f"  {label}: W={w} {m['per_question_s']:7.2f} s/q, {m['loads']} loads "
+                      f"(predicted {r['predicted']:.2f}, {r['predicted_loads']} loads)", flush=True)
+        finally:
+            ray.shutdown()
+    table = []
+    for (label, w), r in rows.items():
+        base = rows[(layouts[0][0], w)]
+        measured = f"{r['per_question_s']:.2f}" if "per_question_s" in r else "-"
+        table.append([label, w, r["fits"] or 1, f"{r['predicted']:.2f}", measured, r["predicted_loads"],
+                      r.get("loads", "-"), f"{base['predicted'] / r['predicted']:.2f}x"])
+    md = markdown_table(["GPU memory", "workers", "8B experts a GPU holds", "predicted s/q", "measured s/q",
+                         "predicted loads", "measured loads", "speed-up (predicted)"], table)
+    print("\n" + md)
+    setting = (f"The planner on GPQA test ({len(s['questions'])} questions), the paper-scale pool of "
+               f"{len(s['rt'].experts)} simulated experts (fitted to Table 6), through the serving path, one worker "
+               f"per logical GPU. 'One model a GPU' is today's figure: each worker holds one expert, with the whole "
+               f"GPU's KV room. 'In bytes': each expert's footprint (weights, a KV cache of half its weights up to "
+               f"8 GiB, activations, CUDA context: memory.footprint) on GPUs of that size x {GPU_MEMORY_FRACTION} "
+               f"(80 GB: H100, 141 GB: H200); as many stay resident as fit, parked ones keep 1 GiB of CUDA context "
+               f"on the GPU, and each runs with its own smaller KV cache ({KV_BYTES_PER_TOKEN // 1024} KiB a "
+               f"token). Host memory for parked weights {SIM_HOST_GB_PER_WORKER:g} GB a worker. The batch runs "
+               f"{args.batches} time(s) back to back, each starting from what the one before left resident (as "
+               f"the next batch of online traffic would); seconds per question and loads over all of them. "
+               f"Time scale {scale}.")
+    payload = {"setting": setting, "scale": scale, "rows": [
+        {"layout": label, "workers": w, **{k: v for k, v in r.items() if k != "costs"}} for (label, w), r in rows.items()]}
+    jpath, mpath = write_results(args.name or "latency-sim-memory", payload, f"{setting}\n\n{md}\n")
+    print(f"\nwrote {jpath}, {mpath}")
+    return 0
 
 
 def measure_real(s: dict, strategy: str, workers: int, n_naive: int) -> dict:
@@ -427,9 +531,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=None,
                     help="measure the planner only, on one node and spread over this many nodes (a local multi-node "
                          "ray.cluster_utils.Cluster), W = 1,2,4,8 unless --workers; writes latency-sim-nodes.*")
+    ap.add_argument("--kv-gb", default="0,24", help="--memory: each expert's KV cache in GiB, one layout each "
+                    "(0: the footprint's default, half the weights up to 8 GiB; default 0,24)")
+    ap.add_argument("--batches", type=int, default=2, help="--memory: times the batch runs back to back (default 2)")
+    ap.add_argument("--memory", default=None,
+                    help="GPU sizes in GB (e.g. 80,141): the planner with memory counted in bytes on such GPUs beside "
+                         "one model a GPU, W = 1,4 unless --workers; writes latency-sim-memory.*")
     args = ap.parse_args(argv)
     if args.real:
         return main_real(args)
+    if args.memory:
+        return main_memory(args)
     if args.nodes:
         return main_nodes(args)
     args.name = args.name or ("latency-sim-quick" if args.quick else "latency-sim")

@@ -20,12 +20,13 @@ Two families of strategies:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..config import ExpertConfig
 from ..engines.base import GenerationRequest
 from ..engines.simulated import CostConstants, quoted_tokens, spec_from_args
 from .planner import WorkerState, plan_grouped
+from .residency import Limits
 
 
 @dataclass(frozen=True)
@@ -158,23 +159,43 @@ def single_s(n_questions: int, model: str, costs: SimulatedCosts) -> float:
 
 
 def planner_s(selections: Sequence[Sequence[str]], aggregator: str | None, costs: SimulatedCosts,
-              workers: int, agg_max_tokens: int | None = None) -> float:
+              workers: int, agg_max_tokens: int | None = None, limits: Limits | None = None) -> float:
     """Experts planned over ``workers`` (no sleep after a release), then the aggregator's batch, planned the same way.
 
     This is what the serving path does: the pipeline runs the experts' plan,
     then hands the aggregation prompts to the same executor and planner.
+    ``limits`` are the workers' residency budgets (default: one model on a device).
     """
+    return planner_plan(selections, aggregator, costs, workers, agg_max_tokens, limits)[0]
+
+
+def planner_plan(selections: Sequence[Sequence[str]], aggregator: str | None, costs: SimulatedCosts,
+                 workers: int, agg_max_tokens: int | None = None, limits: Limits | None = None,
+                 batches: int = 1) -> tuple[float, int, int]:
+    """:func:`planner_s`'s makespan, with the cold loads and wakes its plans predict; ``batches`` runs the
+    same batch that many times back to back, each starting from what the one before left resident."""
     costs = costs.with_constants(release_s=0.0)
-    states = [WorkerState(i) for i in range(workers)]
-    experts = plan_grouped(expert_work(selections), states, costs)
-    if aggregator is None:
-        return experts.makespan_s
-    agg = replace(costs, max_tokens=costs.max_tokens if agg_max_tokens is None else agg_max_tokens,
-                  prompt_tokens=costs.quoting(aggregator, selections))
-    # the aggregator's batch starts where the experts left the workers: whoever holds the aggregator keeps it
-    after = [WorkerState(i, tuple(o.tiers.cheap + o.tiers.device), parked=tuple(o.tiers.host))
-             for i, o in sorted(experts.predicted.items())]
-    return experts.makespan_s + plan_grouped({aggregator: len(selections)}, after, agg).makespan_s
+    cap = limits.capacity if limits is not None else 1
+    states = [WorkerState(i, capacity=cap) for i in range(workers)]
+    total, loads, wakes = 0.0, 0, 0
+
+    def left(a: Any) -> list[WorkerState]:
+        return [WorkerState(i, tuple(o.tiers.cheap + o.tiers.device), capacity=cap, parked=tuple(o.tiers.host))
+                for i, o in sorted(a.predicted.items())]
+
+    for _ in range(batches):
+        experts = plan_grouped(expert_work(selections), states, costs, limits=limits)
+        total, loads, wakes = total + experts.makespan_s, loads + experts.loads, wakes + experts.wakes
+        states = left(experts)
+        if aggregator is None:
+            continue
+        agg = replace(costs, max_tokens=costs.max_tokens if agg_max_tokens is None else agg_max_tokens,
+                      prompt_tokens=costs.quoting(aggregator, selections))
+        # the aggregator's batch starts where the experts left the workers: whoever holds the aggregator keeps it
+        last = plan_grouped({aggregator: len(selections)}, states, agg, limits=limits)
+        total, loads, wakes = total + last.makespan_s, loads + last.loads, wakes + last.wakes
+        states = left(last)
+    return total, loads, wakes
 
 
 # ---------------------------------------------------------------- calibration
