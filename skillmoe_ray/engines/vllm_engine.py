@@ -36,8 +36,11 @@ and asking for this engine without it installed names the extra to install.
 
 Releasing really frees memory (see tests/test_vllm_engine.py): the engine
 shuts vLLM's engine core down, drops the ``LLM``, and works around two vLLM
-0.32 leaks that otherwise pin memory for the life of the process (see
-:func:`_drop_import_tracebacks` and :func:`_clear_vllm_caches`).
+leaks (same code in 0.32 and 0.33) that otherwise pin memory for the life of
+the process (see :func:`_drop_import_tracebacks` and :func:`_clear_vllm_caches`).
+
+Every vLLM name used here, private ones included, is checked against the
+pinned vLLM versions' source by tests/test_vllm_api_surface.py.
 """
 
 from __future__ import annotations
@@ -498,7 +501,7 @@ class VLLMEngine(Engine):
         rid = str(next(llm.request_counter))  # the ids LLM.generate uses, so its own bookkeeping stays sound
         t0 = time.perf_counter()
         try:
-            # the rendering LLM.generate applies to a prompt before it adds it (vLLM 0.32)
+            # the rendering LLM.generate applies to a prompt before it adds it (vLLM 0.32, 0.33)
             core.add_request(rid, llm._preprocess_cmpl_one(prompt), params)
         except Exception as exc:
             raise EngineError(f"expert {self.name!r}: generation failed ({type(exc).__name__}: {exc})") from exc
