@@ -30,10 +30,12 @@ GB = 10**9
 DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2, "fp8": 1, "float8": 1,
                "int8": 1, "auto": 2}
 
-#: what an engine's process keeps on its GPU whatever it does, asleep included: the CUDA context,
-#: cuBLAS/NCCL workspaces and the CUDA-graph pool (about 0.5-1 GiB per process for a 7-9B model;
-#: CUDA graphs captured for the default batch sizes). ``enforce_eager`` engines capture no graphs.
+#: what an engine's process keeps on its GPU whatever it does, asleep included: the CUDA context and
+#: NCCL/cuBLAS buffers, allocated outside vLLM's memory pool (vLLM 0.33 sleep mode,
+#: device_allocator/sleep_mode_backend.py: only the pool is freed)
 CUDA_CONTEXT_BYTES = 512 * MIB
+#: the CUDA-graph pool for the default capture sizes; asleep (level 1) it is copied to host memory with
+#: the weights (cumem.py). ``enforce_eager`` engines capture no graphs.
 GRAPH_POOL_BYTES = 512 * MIB
 #: KV cache an engine reserves when its engine_args do not say (kv_cache_gb): half its weights' size
 #: up to this (room for several long answers at once), and never less than one sequence of
@@ -173,23 +175,25 @@ class Footprint:
     weights: int
     kv: int
     activation: int
-    #: CUDA context and graph pool: held by the engine's process as long as it lives, asleep too
+    #: CUDA context and NCCL buffers: held by the engine's process as long as it lives, asleep too
     context: int
+    #: CUDA-graph pool: on the device awake, copied to host memory with the weights asleep
+    graphs: int = 0
 
     @property
     def device(self) -> int:
         """Bytes on the device while awake: what ``gpu_memory_utilization`` must reserve."""
-        return self.weights + self.kv + self.activation + self.context
+        return self.weights + self.kv + self.activation + self.context + self.graphs
 
     @property
     def asleep(self) -> int:
-        """Bytes left on the device while asleep (level 1 frees weights and KV cache)."""
+        """Bytes left on the device while asleep (level 1 frees vLLM's pool: weights, KV cache, graphs)."""
         return self.context
 
     @property
     def pinned(self) -> int:
-        """Host bytes while asleep: the weights, in pinned memory."""
-        return self.weights
+        """Host bytes while asleep: the weights and the graph pool, in pinned memory."""
+        return self.weights + self.graphs
 
     def utilization(self, device_bytes: int) -> float:
         """The engine's ``gpu_memory_utilization`` on a device of ``device_bytes``: its own share, rounded up."""
@@ -197,7 +201,8 @@ class Footprint:
 
     def as_gb(self) -> dict[str, float]:
         return {"weights": self.weights / GB, "kv": self.kv / GB, "activation": self.activation / GB,
-                "context": self.context / GB, "device": self.device / GB, "asleep": self.asleep / GB}
+                "context": self.context / GB, "graphs": self.graphs / GB, "device": self.device / GB,
+                "asleep": self.asleep / GB, "pinned": self.pinned / GB}
 
 
 def kv_needed(shape: ModelShape, max_model_len: int, kv_dtype_bytes: int | None = None) -> int:
@@ -225,4 +230,4 @@ def footprint(engine_args: Mapping[str, Any], shape: ModelShape | None, weights:
     room = min(DEFAULT_KV_BYTES, w // 2) if w else DEFAULT_KV_BYTES
     kv = int(float(engine_args["kv_cache_gb"]) * GIB) if engine_args.get("kv_cache_gb") else max(room, need)
     graphs = 0 if engine_args.get("enforce_eager") else GRAPH_POOL_BYTES
-    return Footprint(w, kv, activation, CUDA_CONTEXT_BYTES + graphs)
+    return Footprint(w, kv, activation, CUDA_CONTEXT_BYTES, graphs)

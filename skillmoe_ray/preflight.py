@@ -250,7 +250,7 @@ def check_expert(report: Preflight, cfg: Config, expert: ExpertConfig, configs_d
             if fp.device / GB > worker_gb:
                 report.error(where, f"expert {expert.name!r} needs {fp.device / GB:.1f} GB of GPU memory (weights "
                              f"{fp.weights / GB:.1f}, KV cache {fp.kv / GB:.1f}, activations and CUDA context "
-                             f"{(fp.activation + fp.context) / GB:.1f}); a worker has {worker_gb:.1f} GB "
+                             f"{(fp.activation + fp.context + fp.graphs) / GB:.1f}); a worker has {worker_gb:.1f} GB "
                              "(serving.gpus_per_worker x the GPU x serving.gpu_memory_fraction)")
     return row
 

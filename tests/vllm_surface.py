@@ -112,6 +112,7 @@ DECLARED = (
 ESCAPES = {
     "use_chat": "the LLM's tokenizer goes to chat.py; its uses there are in DECLARED_EXTRA",
     "encode_messages": "the LLM's tokenizer goes to chat.py; its uses there are in DECLARED_EXTRA",
+    "strip_special_tokens": "a completion's text (a str): chat.py only runs regular expressions over it",
 }
 
 #: Uses the walk cannot see, written as chains: (root module, steps), steps as in :class:`Step`.
