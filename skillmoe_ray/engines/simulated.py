@@ -237,10 +237,13 @@ class SimulatedEngine(Engine):
 
     def footprint(self) -> "Footprint":
         """A vLLM engine's footprint for its weights: KV cache, activations and a CUDA context that stays
-        on the device while it sleeps; so a simulated pool fills a GPU as a real one would."""
+        on the device while it sleeps; so a simulated pool fills a GPU as a real one would. Its parked
+        copy is its weights (``host_bytes``): it captures no CUDA graphs (as ``enforce_eager``)."""
         from ..memory import GB, footprint
 
-        args = {"kv_cache_gb": self.spec.kv_cache_gb} if self.spec.kv_cache_gb else {}
+        args: dict = {"enforce_eager": True}
+        if self.spec.kv_cache_gb:
+            args["kv_cache_gb"] = self.spec.kv_cache_gb
         return footprint(args, None, int(self.spec.size_gb * GB))
 
     def load(self) -> None:
