@@ -272,7 +272,8 @@ def byte_costs(s: dict, fitted, gpu_gb: float, kv_gb: float | None = None):
 
     traits, pool = {}, dict(fitted.pool)
     for e in s["rt"].experts:
-        fp = footprint({"kv_cache_gb": kv_gb} if kv_gb else {}, None, int(e.size_gb * GB))
+        # as the simulated engine counts itself (SimulatedEngine.footprint): no CUDA graphs
+        fp = footprint({"enforce_eager": True, **({"kv_cache_gb": kv_gb} if kv_gb else {})}, None, int(e.size_gb * GB))
         traits[e.name] = ModelTraits(fp.pinned / GB, fp.device / GB, fp.asleep / GB, True, True, False)
         m = pool[e.name]
         pool[e.name] = replace(m, constants=replace(m.constants, kv_tokens=int(fp.kv // KV_BYTES_PER_TOKEN)))

@@ -229,6 +229,14 @@ def check_expert(report: Preflight, cfg: Config, expert: ExpertConfig, configs_d
                     f"leaves no room for the prompt in {row.max_model_len} tokens (expert {expert.name!r})")
     if expert.engine != "vllm":
         return row
+    mp = args.get("multiprocessing")
+    sleep = str(args.get("sleep_mode", True)).lower() not in ("0", "false", "no", "off")
+    if sv.gpus_per_worker > 0 and mp is not None and str(mp).lower() in ("0", "false", "no", "off") and sleep \
+            and (sv.models_per_worker or 2) > 1 and len(cfg.pool.experts) > 1:
+        report.error(f"{where}.engine_args.multiprocessing",
+                     f"expert {expert.name!r} runs its vLLM engine in the worker's own process with sleep mode on: "
+                     "vLLM's CuMem allocator is one per process (device_allocator/cumem.py), so a second expert's "
+                     "engine in that worker fails to load. Leave multiprocessing on, or set models_per_worker: 1")
     weights = weight_files_bytes(folder) or int((expert.size_gb or 0) * GB) or None
     fp = footprint(args, shape, weights)
     row.footprint = fp
