@@ -203,9 +203,11 @@ def _root_message(exc: BaseException | str) -> str:
 def stop_serving(stop: StopRequest | None = None) -> None:
     """Stop what init_ray and start_serving started, in order, quietly.
 
-    On a private cluster the application is deleted first, so in-flight requests
-    finish (up to Serve's graceful timeout; a second signal skips the wait), then
-    ``ray.shutdown`` ends every process of the cluster and waits for them. Serve's
+    On a private cluster a running application is deleted first, so in-flight
+    requests finish (up to Serve's graceful timeout; a second signal skips the
+    wait); one still deploying has none, and its replicas still starting would only
+    hold the stop up. Then ``ray.shutdown`` ends every process of the cluster and
+    waits for them. Serve's
     own ``serve.shutdown`` is not used there: it waits on the controller until the
     controller kills itself, and that wait fails as "ServeController.graceful_shutdown
     failed ... killed by `ray.kill`" (ray/serve/_private/controller.py,
@@ -231,10 +233,11 @@ def stop_serving(stop: StopRequest | None = None) -> None:
 
 
 def _drain(stop: StopRequest | None) -> None:
-    """Delete the application and wait (bounded; a second signal ends the wait) until it is gone."""
+    """Delete the running application and wait (bounded; a second signal ends the wait) until it is gone."""
     from ray import serve
 
-    if APP_NAME not in serve.status().applications:
+    status = serve.status().applications.get(APP_NAME)
+    if status is None or status.status != "RUNNING":
         return
     serve.delete(APP_NAME, _blocking=False)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
