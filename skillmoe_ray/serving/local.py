@@ -177,7 +177,7 @@ def _deploy(app: Any, stop: StopRequest | None) -> Any:
     except SkillMoEError:
         raise
     except Exception as exc:  # deployment constructor errors arrive wrapped
-        raise SkillMoEError(f"the deployment failed to start: {_root_message(exc)}") from None
+        raise SkillMoEError(f"the deployment failed to start: {_root_message(_failure_text(exc))}") from None
 
 
 def _running(ingress: str) -> bool:
@@ -188,8 +188,22 @@ def _running(ingress: str) -> bool:
     if status is None:
         return False
     if status.status == "DEPLOY_FAILED":
-        raise SkillMoEError(f"the deployment failed to start: {_root_message(status.message)}")
+        raise SkillMoEError(f"the deployment failed to start: {_root_message(_failure_text(status.message))}")
     return status.status == "RUNNING" and ingress in status.deployments
+
+
+def _failure_text(first: BaseException | str) -> str:
+    """Why the deployment failed: the application's message only says which deployments did; the
+    deployments' own messages carry their constructors' errors (the ConfigError to show)."""
+    from ray import serve
+
+    texts = [str(first)]
+    try:
+        status = serve.status().applications.get(APP_NAME)
+        texts += [d.message for d in (status.deployments.values() if status else ()) if d.message]
+    except Exception:  # noqa: BLE001 - the first message is still worth showing
+        pass
+    return "\n".join(texts)
 
 
 def _root_message(exc: BaseException | str) -> str:
