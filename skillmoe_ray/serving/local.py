@@ -13,11 +13,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..config import Config
 from ..errors import SkillMoEError
 from .stopping import StopRequest, StopRequested, ray_leaves_signals_alone
+
+T = TypeVar("T")
 
 RAY_QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 APP_NAME = "skillmoe"
@@ -145,7 +148,7 @@ def _stopped(stop: StopRequest | None) -> bool:
     return stop is not None and stop.requested
 
 
-def _interruptible(stop: StopRequest | None, work: Any) -> Any:
+def _interruptible(stop: StopRequest | None, work: Callable[[], T]) -> T | None:
     """``work()``, cut short by a stop request (then None): profiles may take minutes to build."""
     if stop is None:
         return work()
