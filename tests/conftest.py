@@ -112,11 +112,15 @@ class ServeProcess:
         return self.proc.returncode
 
     def signal(self, sig: int, group: bool = False) -> None:
-        """Send ``sig`` to the server, or to its whole process group as a terminal's Ctrl-C does."""
-        if group:
-            os.killpg(self.proc.pid, sig)
-        else:
-            self.proc.send_signal(sig)
+        """Send ``sig`` to the server, or to its whole process group as a terminal's Ctrl-C does (nothing if
+        it has ended already)."""
+        try:
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
 
     def wait_exit(self, timeout: float) -> int | None:
         """Its exit status once it ends within ``timeout`` seconds, else None (still running)."""
