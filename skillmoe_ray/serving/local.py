@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ..config import Config
 from ..errors import SkillMoEError
-from .stopping import StopRequest, StopRequested, ray_leaves_signals_alone
+from .stopping import StopRequest, ray_leaves_signals_alone
 
 T = TypeVar("T")
 
@@ -149,14 +149,20 @@ def _stopped(stop: StopRequest | None) -> bool:
 
 
 def _interruptible(stop: StopRequest | None, work: Callable[[], T]) -> T | None:
-    """``work()``, cut short by a stop request (then None): profiles may take minutes to build."""
+    """``work()``, cut short by a stop request (then None): profiles may take minutes to build.
+
+    Any KeyboardInterrupt after a stop request counts: a Ray call inside ``work`` turns
+    the one raised into a plain KeyboardInterrupt of its own (``ray.get``'s signal check).
+    """
     if stop is None:
         return work()
     try:
         with stop.interrupting():
             return work()
-    except StopRequested:
-        return None
+    except KeyboardInterrupt:
+        if stop.requested:
+            return None
+        raise
 
 
 def _deploy(app: Any, stop: StopRequest | None) -> Any:
