@@ -115,10 +115,11 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    stop = _stop_request() if args.command == "serve" else None
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     _quiet_libraries()
     try:
-        return _run(args)
+        return _run(args, stop)
     except SkillMoEError as exc:
         print(f"skillmoe: error: {exc}", file=sys.stderr)
         return 2
@@ -127,7 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _stop_request():
+    """`skillmoe serve` takes SIGINT and SIGTERM from its first line: a stop while it reads the config or
+    starts Ray is then answered like one while it serves (exit 0), not as an interrupted start."""
+    from .serving.stopping import StopRequest
+
+    return StopRequest().install()
+
+
+def _run(args: argparse.Namespace, stop=None) -> int:
     from .config import load_config
     from .runtime import Runtime
 
@@ -142,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         from .serving.local import serve_forever
 
         serve_forever(args.config, cfg, args.host or cfg.serving.host, args.port or cfg.serving.port, args.address,
-                      args.recorded_dir)
+                      args.recorded_dir, stop=stop)
         return 0
     if args.command == "record":
         return _record(args, cfg)

@@ -103,16 +103,87 @@ class ServeProcess:
     def stop(self) -> int:
         """Ctrl-C, as a user stops it; killed (its whole process group) if it does not end. Its exit status."""
         import signal
-        import subprocess
 
         self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        code = self.wait_exit(180)
+        if code is None:
+            self.kill()
         self.reader.join(timeout=10)
         return self.proc.returncode
+
+    def signal(self, sig: int, group: bool = False) -> None:
+        """Send ``sig`` to the server, or to its whole process group as a terminal's Ctrl-C does (nothing if
+        it has ended already)."""
+        try:
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Its exit status once it ends within ``timeout`` seconds, else None (still running)."""
+        import subprocess
+
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def wait_for(self, ready, timeout: float, interval: float = 0.05) -> bool:
+        """Poll ``ready()`` until true (True), or until it exits or ``timeout`` passes (False)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if ready():
+                return True
+            time.sleep(interval)
+        return False
+
+    def printed(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def health(self) -> int:
+        """/healthz's status code; 0 while nothing answers."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return 0
+
+    def session(self) -> list:
+        """The live processes of its session (it is the leader: Ray's processes inherit the session)."""
+        import psutil
+
+        found = []
+        for p in psutil.process_iter(["status"]):
+            try:
+                if os.getsid(p.pid) == self.proc.pid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except (ProcessLookupError, PermissionError, psutil.Error):
+                pass
+        return found
+
+    def kill(self) -> None:
+        """SIGKILL to its process group and anything left of its session (cleanup after a failure)."""
+        import signal
+
+        for target in [*self.session(), None]:
+            try:
+                if target is None:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    target.kill()
+            except Exception:  # noqa: BLE001 - best effort: it may be gone already
+                pass
+        self.proc.wait()
 
 
 def free_port() -> int:
