@@ -4,8 +4,8 @@ Each expert of the deployment's pool answers the chosen splits of a task, with t
 prompt the serving path sends experts (:func:`pipeline.expert_requests`) and the
 deployment's sampling settings, so a recorded pool replays what the live one would
 have said. The output folder is a recorded pool: ``<out>/<expert>.jsonl.gz``, one line
-``{"split", "index", "pred", "response"}`` per question, named after the task so the
-recorded engine knows whose questions they are.
+``{"split", "index", "pred", "response"}`` per question, and ``record.json``, whose ``task``
+tells the recorded engine whose questions they are (the folder may be named anything).
 
 Experts run one after another (expert-major: each model is loaded once and answers
 all its questions, as the planner groups work). Answers are appended to
