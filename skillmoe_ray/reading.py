@@ -19,6 +19,9 @@ from .tasks import Task
 #: examples of unread responses kept per expert, and how much of each
 EXAMPLES = 3
 EXAMPLE_CHARS = 300
+#: fewer written responses than this say too little to fail on (a few answers cut off by a small
+#: max_tokens are not a format that does not fit); they are still counted and reported
+MIN_RESPONSES = 10
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,9 @@ def where_to_fix(task: Task, example: str = "") -> str:
 
 
 def check_readable(task: Task, report: Mapping[str, Readability], limit: float, split: str = "validation") -> None:
-    """Refuse a format that reads nothing from most of an expert's responses: name the experts, the
-    setting and an example, so the fix is one look away."""
-    failing = sorted((r for r in report.values() if r.responses - r.empty and r.share_unread > limit),
+    """Refuse a format that reads nothing from most of an expert's responses (of at least
+    :data:`MIN_RESPONSES`): name the experts, the setting and an example, so the fix is one look away."""
+    failing = sorted((r for r in report.values() if r.responses - r.empty >= MIN_RESPONSES and r.share_unread > limit),
                      key=lambda r: (-r.share_unread, r.expert))
     if not failing:
         return
