@@ -11,6 +11,7 @@ stricter where it lists every field (unknown ones are errors here, pruned by the
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -74,11 +75,14 @@ def test_serve_config_is_the_four_gpu_application_and_ray_accepts_it(manifest):
         assert app.import_path == "skillmoe_ray.serving.builders:build_app"
         assert (ROOT / app.args["config"]).is_file()
         cfg = load_config(ROOT / app.args["config"])
-        # the worker pod has the GPUs and CPUs the pool asks for
+        # the worker pod has the GPUs and CPUs the pool asks for: the workers' and the LLM aggregator's own
         group = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         gpus = cfg.serving.workers * cfg.serving.gpus_per_worker
-        assert int(group["rayStartParams"]["num-gpus"]) == int(limits["nvidia.com/gpu"]) == gpus
+        if cfg.aggregation.mode == "llm":
+            assert cfg.serving.aggregator_gpus > 0  # else its engine would take a worker's GPU
+            gpus += cfg.serving.aggregator_gpus
+        assert int(group["rayStartParams"]["num-gpus"]) == int(limits["nvidia.com/gpu"]) == math.ceil(gpus)
         assert float(limits["cpu"]) >= cfg.serving.workers * cfg.serving.cpus_per_worker
 
 
