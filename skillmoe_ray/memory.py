@@ -34,17 +34,19 @@ DTYPE_BYTES = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2,
 #: NCCL/cuBLAS buffers, allocated outside vLLM's memory pool (vLLM 0.33 sleep mode,
 #: device_allocator/sleep_mode_backend.py: only the pool is freed)
 CUDA_CONTEXT_BYTES = 512 * MIB
-#: the CUDA-graph pool for the default capture sizes; asleep (level 1) it is copied to host memory with
-#: the weights (cumem.py). ``enforce_eager`` engines capture no graphs.
+#: the CUDA-graph pool for the default capture sizes. Asleep it stays on the GPU, unless
+#: ``sleep_mode_offload_cudagraph`` puts it in the pool that sleep copies to host memory (vLLM 0.33
+#: config/vllm.py use_cumem_cudagraph_pool). ``enforce_eager`` engines capture no graphs.
 GRAPH_POOL_BYTES = 512 * MIB
 #: KV cache an engine reserves when its engine_args do not say (kv_cache_gb): half its weights' size
 #: up to this (room for several long answers at once), and never less than one sequence of
 #: max_model_len tokens (vLLM refuses to start with less)
 DEFAULT_KV_BYTES = 8 * GIB
 #: tokens vLLM's profiling run pushes through the model at once on a GPU (max_num_batched_tokens) and
-#: sequences it samples at once (max_num_seqs): they size the activation peak
-DEFAULT_BATCHED_TOKENS = 8192
-DEFAULT_MAX_SEQS = 256
+#: sequences it samples at once (max_num_seqs): they size the activation peak. vLLM 0.33's defaults for
+#: an H100/H200-class GPU (engine/arg_utils.py); smaller GPUs get smaller ones, so this errs high
+DEFAULT_BATCHED_TOKENS = 16384
+DEFAULT_MAX_SEQS = 1024
 #: rope scalings whose factor vLLM does not multiply into the model's length limit
 _UNSCALED_ROPE = {"su", "longrope", "llama3", "mrope", "default"}
 
@@ -66,7 +68,8 @@ class ModelShape:
     max_len: int
     tie_word_embeddings: bool = False
     dtype_bytes: int = 2
-    #: its config maps classes to code in the model repository (``auto_map``)
+    #: its config maps classes to code in the model repository (``auto_map``; transformers may still have
+    #: the class itself: preflight.remote_code_needs decides whether that code is needed)
     remote_code: bool = False
 
     @classmethod
@@ -177,8 +180,10 @@ class Footprint:
     activation: int
     #: CUDA context and NCCL buffers: held by the engine's process as long as it lives, asleep too
     context: int
-    #: CUDA-graph pool: on the device awake, copied to host memory with the weights asleep
+    #: CUDA-graph pool: on the device awake; asleep too, unless ``offload_graphs``
     graphs: int = 0
+    #: sleep copies the graph pool to host memory with the weights (``sleep_mode_offload_cudagraph``)
+    offload_graphs: bool = False
 
     @property
     def device(self) -> int:
@@ -187,13 +192,14 @@ class Footprint:
 
     @property
     def asleep(self) -> int:
-        """Bytes left on the device while asleep (level 1 frees vLLM's pool: weights, KV cache, graphs)."""
-        return self.context
+        """Bytes left on the device while asleep: level 1 frees the weights and the KV cache, the process
+        keeps its CUDA context and (by default) its graph pool."""
+        return self.context + (0 if self.offload_graphs else self.graphs)
 
     @property
     def pinned(self) -> int:
-        """Host bytes while asleep: the weights and the graph pool, in pinned memory."""
-        return self.weights + self.graphs
+        """Host bytes while asleep: the weights (and the graph pool if it is offloaded), pinned."""
+        return self.weights + (self.graphs if self.offload_graphs else 0)
 
     def utilization(self, device_bytes: int) -> float:
         """The engine's ``gpu_memory_utilization`` on a device of ``device_bytes``: its own share, rounded up."""
@@ -230,4 +236,4 @@ def footprint(engine_args: Mapping[str, Any], shape: ModelShape | None, weights:
     room = min(DEFAULT_KV_BYTES, w // 2) if w else DEFAULT_KV_BYTES
     kv = int(float(engine_args["kv_cache_gb"]) * GIB) if engine_args.get("kv_cache_gb") else max(room, need)
     graphs = 0 if engine_args.get("enforce_eager") else GRAPH_POOL_BYTES
-    return Footprint(w, kv, activation, CUDA_CONTEXT_BYTES, graphs)
+    return Footprint(w, kv, activation, CUDA_CONTEXT_BYTES, graphs, bool(engine_args.get("sleep_mode_offload_cudagraph")))

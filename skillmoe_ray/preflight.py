@@ -229,6 +229,11 @@ def check_expert(report: Preflight, cfg: Config, expert: ExpertConfig, configs_d
                     f"leaves no room for the prompt in {row.max_model_len} tokens (expert {expert.name!r})")
     if expert.engine != "vllm":
         return row
+    if expert.model.startswith("mistralai/") and args.get("tokenizer_mode", "auto") == "auto" \
+            and args.get("prompt_format", "auto") == "auto":
+        report.warn(f"{where}.engine_args.tokenizer_mode",
+                    f"vLLM picks its own Mistral tokenizer for {expert.model!r} (tokenizers/registry.py), which has no "
+                    "chat template: the expert would get plain transcripts. Set tokenizer_mode: hf")
     mp = args.get("multiprocessing")
     sleep = str(args.get("sleep_mode", True)).lower() not in ("0", "false", "no", "off")
     if sv.gpus_per_worker > 0 and mp is not None and str(mp).lower() in ("0", "false", "no", "off") and sleep \

@@ -70,12 +70,13 @@ def test_vllm_values_leave_the_engine_only_where_declared(project):
 
 def test_llm_kwargs_include_the_configs_engine_args():
     keys = vs.config_engine_args()
-    assert {"max_model_len", "gpu_memory_utilization"} <= set(keys)
+    assert {"max_model_len", "trust_remote_code", "tokenizer_mode"} <= set(keys)
     assert not {"threads", "kv_cache_gb", "sleep_mode", "prompt_format"} & set(keys)  # the engine's own
     (llm,) = [u for u in vs.all_checked_uses(vs.project_uses())
               if u.root == "vllm" and [s.key()[0] for s in u.steps] == [".", "()"] and u.steps[0].arg == "LLM"]
-    assert {"model", "seed", "enable_sleep_mode", "gpu_memory_utilization", "tensor_parallel_size"} \
-        <= set(llm.steps[-1].arg[1])
+    # the engine sizes each reservation from the footprint (gpu_memory_utilization, kv_cache_memory_bytes)
+    assert {"model", "seed", "enable_sleep_mode", "gpu_memory_utilization", "kv_cache_memory_bytes",
+            "tensor_parallel_size"} <= set(llm.steps[-1].arg[1])
 
 
 # ------------------------------------------------------------------ pins

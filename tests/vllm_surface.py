@@ -72,8 +72,8 @@ CONFIG_DIRS = ("deployments", "examples", "skillmoe_ray/deployments", "skillmoe_
 DECLARED = (
     # import_vllm / load / release / park (vllm_engine.py)
     "vllm.entrypoints.llm",
-    "vllm.LLM(dtype, enable_sleep_mode, enforce_eager, kv_cache_memory_bytes, max_model_len, model, seed, "
-    "**engine_args)",
+    "vllm.LLM(dtype, enable_sleep_mode, enforce_eager, gpu_memory_utilization, kv_cache_memory_bytes, "
+    "max_model_len, model, seed, **engine_args)",
     "vllm.LLM(…).get_tokenizer()",
     "vllm.LLM(…).llm_engine.model_config.max_model_len",
     "vllm.LLM(…).llm_engine.engine_core.shutdown()",

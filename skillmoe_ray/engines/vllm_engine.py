@@ -278,27 +278,15 @@ class VLLMEngine(Engine):
             kw.setdefault("max_model_len", CPU_DEFAULT_MAX_MODEL_LEN)
         else:
             kw.setdefault("enable_sleep_mode", _truthy(self.engine_args.get("sleep_mode", True)))
-            kw.update(self._memory_kwargs(kw))
+            # The engine reserves its own footprint, not a flat share of the device: vLLM checks at start
+            # that gpu_memory_utilization x the device's memory is free and takes that much, so engines
+            # sharing a GPU must each ask for their own. The KV cache is the footprint's, so the engine
+            # holds what the residency policy counted. engine_args may override (skillmoe check warns).
+            fp = self.footprint() if self.device_bytes else None
+            if fp is not None and self.device_bytes:
+                kw.setdefault("gpu_memory_utilization", fp.utilization(self.device_bytes))
+                kw.setdefault("kv_cache_memory_bytes", fp.kv)
         return {"model": path, **kw}
-
-    def _memory_kwargs(self, kw: dict[str, Any]) -> dict[str, Any]:
-        """GPU: the engine reserves its own footprint, not a flat share of the device.
-
-        vLLM checks at start that ``gpu_memory_utilization`` x the device's memory is free and takes
-        that much; engines sharing a GPU must each ask for their own share. The share is the
-        footprint (weights, KV cache, activations, CUDA context) over the device's size, and the KV
-        cache is fixed at the footprint's, so the engine holds what the residency policy counted.
-        Set ``gpu_memory_utilization`` in engine_args to override (``skillmoe check`` warns).
-        """
-        fp = self.footprint()
-        if fp is None or not self.device_bytes:
-            return {}
-        out: dict[str, Any] = {}
-        if "gpu_memory_utilization" not in kw:
-            out["gpu_memory_utilization"] = fp.utilization(self.device_bytes)
-        if "kv_cache_memory_bytes" not in kw:
-            out["kv_cache_memory_bytes"] = fp.kv
-        return out
 
     def footprint(self) -> "Footprint | None":
         """From the model's config.json (a local folder, a prepared packaged model, the configs folder or
@@ -325,7 +313,13 @@ class VLLMEngine(Engine):
         vllm = import_vllm()
         if self._llm is not None and self._parked:
             t0 = time.perf_counter()
-            self._llm.wake_up()
+            try:
+                self._llm.wake_up()
+            except Exception as exc:
+                # the GPU was taken while it slept: part of it may be back on the device, so none of it stays
+                self.release()
+                raise EngineError(f"expert {self.name!r}: could not wake {self.model_spec!r} from sleep "
+                                  f"({type(exc).__name__}: {exc}); released, it loads cold next time") from exc
             self._parked = False
             self.stats["wake_s"] = time.perf_counter() - t0
             super().load()
