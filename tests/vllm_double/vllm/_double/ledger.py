@@ -59,6 +59,14 @@ def _read(path: str) -> list[dict[str, Any]]:
     return [e for e in entries if pid_alive(int(e["pid"]))]
 
 
+def _peak(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return int(json.load(fh).get("peak", 0))
+    except (OSError, ValueError):
+        return 0
+
+
 def _write(path: str, entries: list[dict[str, Any]], **extra: Any) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -165,7 +173,7 @@ def host_allocate(*, proc: str, engine: str, nbytes: int, on_oom: Callable[[int,
         if limit is not None and used + nbytes > limit:
             raise on_oom(nbytes, limit - used)
         entries.append({"pid": os.getpid(), "proc": proc, "engine": engine, "kind": "pinned", "bytes": nbytes})
-        _write(path, entries)
+        _write(path, entries, peak=max(_peak(path), used + nbytes))
 
 
 def host_free(*, proc: str, engine: str | None = None) -> int:
@@ -177,8 +185,14 @@ def host_free(*, proc: str, engine: str | None = None) -> int:
                 gone += int(e["bytes"])
             else:
                 keep.append(e)
-        _write(path, keep)
+        _write(path, keep, peak=_peak(path))
         return gone
+
+
+def host_peak() -> int:
+    """The most pinned host memory held at once so far."""
+    with _locked() as d:
+        return _peak(_host_path(d))
 
 
 def reset() -> None:
