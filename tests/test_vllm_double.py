@@ -192,7 +192,7 @@ def test_max_model_len_beyond_the_models_limit_is_refused(double, monkeypatch):
     ModelConfig.__post_init__, which pydantic reports as a ValidationError; VLLM_ALLOW_LONG_MAX_MODEL_LEN lets it by."""
     import pydantic
 
-    # the limit is a float: a default rope (rope_theta, no scaling) still multiplies it by 1.0 (model.py:2604-2632)
+    # the limit is a float: a default rope (rope_theta, no scaling) still multiplies it by 1.0 (model.py:2595-2634)
     for hub, derived in (("Qwen/Qwen2.5-Math-7B", "4096.0"), ("deepseek-ai/deepseek-math-7b-instruct", "4096.0")):
         with pytest.raises(pydantic.ValidationError) as err:
             double.LLM(model=hub, max_model_len=8192)
@@ -274,7 +274,7 @@ def test_tensor_parallel_beyond_the_visible_gpus_is_refused(double, monkeypatch)
 
 
 def test_sleep_level_1_keeps_context_and_graphs_on_the_gpu_and_weights_in_pinned_host_memory(double):
-    """sleep_mode_backend.py:137-147 + cumem.py:246-312: weights (and runtime state) are copied to pinned host
+    """sleep_mode_backend.py:137-147 + cumem.py:233-298: weights (and runtime state) are copied to pinned host
     memory, KV cache and workspace discarded, torch's cache emptied; what is outside the CuMem pool stays: the
     CUDA context and the CUDA-graph pool (sleep_mode_offload_cudagraph is off by default). Then wake_up maps them
     back and frees the host copy."""
@@ -303,7 +303,7 @@ def test_sleep_level_1_keeps_context_and_graphs_on_the_gpu_and_weights_in_pinned
 
 
 def test_wake_up_runs_out_of_memory_when_the_gpu_was_taken_while_asleep(double, monkeypatch):
-    """cumem.py:345-376: wake_up maps the pool again and needs the memory free then. Through the engine-core process
+    """cumem.py:331-365: wake_up maps the pool again and needs the memory free then. Through the engine-core process
     boundary the failure is Exception("Call to wake_up method failed: ...") (core.py:1846-1851,
     core_client.py:940-941); in-process the C extension's RuntimeError itself."""
     a = double.LLM(model=QWEN, gpu_memory_utilization=0.5, max_model_len=8192, enable_sleep_mode=True)
@@ -329,7 +329,7 @@ def test_wake_up_runs_out_of_memory_when_the_gpu_was_taken_while_asleep(double, 
 
 
 def test_one_cumem_allocator_per_process(double, monkeypatch):
-    """cumem.py:93-131 + gpu_worker.py:410-416: the CuMem allocator is a process singleton and refuses a second
+    """cumem.py:88-131 + gpu_worker.py:410-416: the CuMem allocator is a process singleton and refuses a second
     model's weights while it holds any allocation, asleep ones included. Engine cores in processes of their own
     (VLLM_ENABLE_V1_MULTIPROCESSING=1, vLLM's default) each have theirs."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -367,7 +367,7 @@ def test_a_process_without_cuda_visible_devices_sees_every_gpu_and_uses_gpu_0(do
 
 
 def test_arguments_and_architectures_vllm_does_not_know_are_refused(double, tmp_path):
-    """LLM passes extra keywords to the EngineArgs dataclass (entrypoints/llm.py:286-330): an unknown one is a
+    """LLM passes extra keywords to the EngineArgs dataclass (entrypoints/llm.py:295-336): an unknown one is a
     TypeError; an architecture outside the registry is a ValueError (registry.py:1249-1252); a real argument the
     double does not model is refused too, so nothing passes here that was never checked."""
     with pytest.raises(TypeError, match=r"^EngineArgs\.__init__\(\) got an unexpected keyword argument 'max_len'$"):

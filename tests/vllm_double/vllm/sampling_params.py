@@ -97,7 +97,7 @@ class SamplingParams(msgspec.Struct, omit_defaults=True, dict=True):  # type: ig
             self.stop_token_ids = list(dict.fromkeys(self.stop_token_ids))
         if self.bad_words is None:
             self.bad_words = []
-        # sampling_params.py:595-599: characters held back while a stop string may still form
+        # sampling_params.py:597-601: characters held back while a stop string may still form
         if self.stop and not self.include_stop_str_in_output:
             self.output_text_buffer_length = max(len(s) for s in self.stop) - 1
         self._verify_args()

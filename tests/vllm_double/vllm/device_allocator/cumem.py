@@ -3,17 +3,17 @@
 What carries over from vLLM:
 
 * one allocator per process: ``CuMemAllocator.get_instance()`` is a singleton
-  (cumem.py:93-131, "Why it needs to be a singleton?") and the worker refuses a second
+  (cumem.py:88-131, "Why it needs to be a singleton?") and the worker refuses a second
   model's weights while the allocator holds anything -- asleep allocations included, since
-  ``get_current_usage`` sums every handle (cumem.py:451-457, gpu_worker.py:396-417:
+  ``get_current_usage`` sums every handle (cumem.py:454-459, gpu_worker.py:396-417:
   "CuMem allocator can only be used for one instance per process."). An engine core in its
   own process (VLLM_ENABLE_V1_MULTIPROCESSING=1, the GPU default) has its own allocator;
 * ``sleep(offload_tags)`` unmaps every allocation; those with an offload tag are first
-  copied to pinned host memory, the others are discarded (cumem.py:246-312);
+  copied to pinned host memory, the others are discarded (cumem.py:233-298);
 * ``wake_up(tags)`` maps them again -- physical memory must be free then, or the driver's
   out-of-memory comes back as ``RuntimeError("CUDA Error: out of memory at ...")`` (the
   C extension's "CUDA Error: %s at %s:%d", cumem_allocator.abi3.so) -- and copies the backups
-  back, freeing them (cumem.py:345-376). Tags outside DEFERRABLE_TAGS are always woken.
+  back, freeing them (cumem.py:331-365). Tags outside DEFERRABLE_TAGS are always woken.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def cuda_oom(requested: int, free: int, total: int) -> RuntimeError:
 
 
 def pinned_oom(requested: int, free: int) -> RuntimeError:
-    # torch.empty(..., pin_memory=True) when cudaHostAlloc fails (cumem.py:282-287)
+    # torch.empty(..., pin_memory=True) when cudaHostAlloc fails (cumem.py:268-275)
     return RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some "
                         "other API call, so the stacktrace below might be incorrect.")
 
@@ -75,7 +75,7 @@ class CuMemAllocator:
         self.pointer_to_data[ptr] = AllocationData((gpu, int(nbytes), ptr, proc), tag, engine)
 
     def release_engine(self, engine: str) -> None:
-        """The engine's tensors are garbage: their handles are released, backups dropped (cumem.py:207-244)."""
+        """The engine's tensors are garbage: their handles are released, backups dropped (cumem.py:204-231)."""
         for ptr, data in list(self.pointer_to_data.items()):
             if data.engine != engine:
                 continue

@@ -1,6 +1,6 @@
 """vllm 0.33.0 engine/arg_utils.py:488-3240: EngineArgs, a dataclass with the same 259 fields.
 
-``LLM(**kwargs)`` passes its extra keywords to ``EngineArgs(...)`` (entrypoints/llm.py:286-330),
+``LLM(**kwargs)`` passes its extra keywords to ``EngineArgs(...)`` (entrypoints/llm.py:295-336),
 so a keyword that is no field raises Python's TypeError ("EngineArgs.__init__() got an
 unexpected keyword argument ...") here as there. The double models some fields (MODELLED);
 others that cannot change what the double checks are HARMLESS; any other field set to a

@@ -1,9 +1,9 @@
 """vllm 0.33.0 entrypoints/llm.py (LLM) and entrypoints/common/offline.py (OfflineInferenceMixin).
 
 The constructor has vLLM's signature (llm.py:177-222); keywords beyond it go to EngineArgs
-(llm.py:286-330), so an unknown one is a TypeError there. ``generate`` renders each prompt
-(``_preprocess_cmpl_one``), adds it with output kind FINAL_ONLY (offline.py:545-564) under the
-next ``request_counter`` id and steps the engine until nothing is left (offline.py:566-612),
+(llm.py:295-336), so an unknown one is a TypeError there. ``generate`` renders each prompt
+(``_preprocess_cmpl_one``), adds it with output kind FINAL_ONLY (offline.py:568-587) under the
+next ``request_counter`` id and steps the engine until nothing is left (offline.py:589-642),
 as vLLM does; ``sleep`` / ``wake_up`` go to the engine (llm.py:839-888).
 """
 
@@ -75,7 +75,7 @@ class LLM:
         explicit = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
         if "disable_log_stats" not in kwargs:
             kwargs["disable_log_stats"] = True
-        # llm.py:277-289
+        # llm.py:279-293
         _dp_size = int(kwargs.get("data_parallel_size", 1))
         _distributed_executor_backend = kwargs.get("distributed_executor_backend")
         if _dp_size > 1 and not _distributed_executor_backend == "external_launcher" and not current_platform.is_tpu():

@@ -7,7 +7,7 @@ its memory on the shared ledger and refusing what vLLM refuses, with vLLM's mess
 1. device (gpu_worker.py:484-495): the process's first visible GPU; none visible ->
    AssertionError "DP adjusted local rank 0 is out of bounds for 0 devices.";
 2. CUDA context, cuBLAS handles, persistent buffers, before the memory snapshot
-   (gpu_worker.py:478-533), one per process and GPU;
+   (gpu_worker.py:484-540), one per process and GPU;
 3. start-up memory check (v1/worker/utils.py:716-773, request_memory): requested =
    ceil(gpu_memory_utilization x total); free memory below it -> ValueError "Free memory on
    device cuda:0 (F/T GiB) on startup is less than desired GPU memory utilization (u, R GiB).
@@ -26,7 +26,7 @@ its memory on the shared ledger and refusing what vLLM refuses, with vLLM's mess
    CuMem pool (sleep_mode_offload_cudagraph defaults off, config/model.py:384), the
    activation reserve taken by warm-up.
 
-Sleep level 1 (sleep_mode_backend.py:137-147 -> cumem.py:246-312): the CuMem allocations
+Sleep level 1 (sleep_mode_backend.py:137-147 -> cumem.py:233-298): the CuMem allocations
 tagged weights/runtime are copied to pinned host memory, the rest of the pool (KV cache,
 workspace) is discarded, torch's cache is emptied (the activation reserve goes); the CUDA
 context and the graph pool stay. Without enable_sleep_mode the pool is empty: only the
@@ -354,7 +354,7 @@ class EngineCore:
             return  # "Executor is already sleeping."
         offload = ("weights", "runtime", "cudagraph")  # sleep_mode_backend.py:137-147, level 1
         self.proc.allocator.sleep(offload_tags=offload, engine=self.engine_id)
-        # cumem.py:311-312: gc.collect(); torch.accelerator.empty_cache() -- torch's cached activations go
+        # cumem.py:297-298: gc.collect(); torch.accelerator.empty_cache() -- torch's cached activations go
         if self.gpu is not None:
             ledger.free(self.gpu, proc=self.proc.id, engine=self.engine_id, kinds=("activation",))
         self._activation_held = False
