@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pytest
 
+# imported before any test changes the environment: the engine keeps the user's own settings from import time
+import skillmoe_ray.engines.vllm_engine  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 DOUBLE = ROOT / "tests" / "vllm_double"
 MODELS = ROOT / "tests" / "fixtures" / "models"

@@ -93,10 +93,11 @@ class _Proc:
         self.contexts: set[int] = set()
 
     def ensure_context(self, gpu: int) -> None:
-        if gpu not in self.contexts:
+        """The process's CUDA context on ``gpu``: created by its first engine there, kept until the process ends."""
+        if "context" not in ledger.held(gpu, proc=self.id):
             ledger.allocate(gpu, proc=self.id, engine="(process)", kind="context", nbytes=hw.context_bytes(),
                             on_oom=context_oom)
-            self.contexts.add(gpu)
+        self.contexts.add(gpu)
 
 
 _THIS_PROCESS: dict[int, _Proc] = {}
