@@ -114,6 +114,78 @@ def test_every_shipped_gpu_expert_has_a_fixture_whose_size_matches_the_deploymen
         assert (fixture_dir(e["model"]) / "tokenizer_config.json").is_file()
 
 
+def _wheel_source(member: str) -> str | None:
+    import glob
+    import zipfile
+
+    wheels = sorted(glob.glob(os.path.expanduser("~/.cache/skillmoe/wheels/vllm-0.33.0-*.whl")))
+    if not wheels:
+        return None
+    with zipfile.ZipFile(wheels[-1]) as z:
+        return z.read(member).decode("utf-8")
+
+
+def test_the_doubles_api_is_vllm_0_33s(double):
+    """Against the vllm 0.33.0 wheel's own source (when it is in ~/.cache/skillmoe/wheels): the signatures the
+    project calls, the EngineArgs fields, SamplingParams' fields, RequestOutputKind, the text-generation registry."""
+    import ast
+    import inspect
+
+    if _wheel_source("vllm/version.py") is None:
+        pytest.skip("the vllm 0.33.0 wheel is not in ~/.cache/skillmoe/wheels (pip download --no-deps vllm==0.33.0)")
+
+    def classes(member: str) -> dict[str, ast.ClassDef]:
+        return {n.name: n for n in ast.walk(ast.parse(_wheel_source(member))) if isinstance(n, ast.ClassDef)}
+
+    def params(fn: ast.FunctionDef) -> list[tuple[str, str]]:
+        a = fn.args
+        out = [(x.arg, "pos") for x in a.posonlyargs + a.args if x.arg not in ("self", "cls")]
+        out += [(a.vararg.arg, "*")] if a.vararg else []
+        out += [(x.arg, "kw") for x in a.kwonlyargs] + ([(a.kwarg.arg, "**")] if a.kwarg else [])
+        return out
+
+    def ours(f) -> list[tuple[str, str]]:
+        kinds = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.KEYWORD_ONLY: "kw",
+                 inspect.Parameter.VAR_KEYWORD: "**"}
+        return [(n, kinds.get(p.kind, "pos")) for n, p in inspect.signature(f).parameters.items()
+                if n not in ("self", "cls")]
+
+    def method(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
+        return next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == name)
+
+    from vllm.engine.arg_utils import FIELD_NAMES
+    from vllm.entrypoints.llm import LLM
+    from vllm.model_executor.models.registry import TEXT_GENERATION_ARCHS
+    from vllm.sampling_params import RequestOutputKind, SamplingParams
+    from vllm.utils.func_utils import _supports_kw
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    llm = classes("vllm/entrypoints/llm.py")["LLM"]
+    mixin = classes("vllm/entrypoints/common/offline.py")["OfflineInferenceMixin"]
+    for name in ("__init__", "generate", "sleep", "wake_up", "get_tokenizer"):
+        assert ours(getattr(LLM, name)) == params(method(llm, name)), name
+    for name in ("_preprocess_cmpl_one", "_add_request", "_run_engine"):
+        assert ours(getattr(LLM, name)) == params(method(mixin, name)), name
+    engine = classes("vllm/v1/engine/llm_engine.py")["LLMEngine"]
+    for name in ("__init__", "add_request", "step", "has_unfinished_requests", "abort_request", "sleep", "wake_up",
+                 "get_tokenizer", "get_num_unfinished_requests"):
+        assert ours(getattr(LLMEngine, name)) == params(method(engine, name)), name
+    sp = classes("vllm/sampling_params.py")
+    assert list(SamplingParams.__struct_fields__) == [s.target.id for s in sp["SamplingParams"].body
+                                                      if isinstance(s, ast.AnnAssign)]
+    assert [m.name for m in RequestOutputKind] == [s.targets[0].id for s in sp["RequestOutputKind"].body
+                                                   if isinstance(s, ast.Assign)]
+    ea = classes("vllm/engine/arg_utils.py")["EngineArgs"]
+    assert list(FIELD_NAMES) == [s.target.id for s in ea.body if isinstance(s, ast.AnnAssign)
+                                 and not ast.unparse(s.annotation).startswith("ClassVar")]
+    fu = next(n for n in ast.parse(_wheel_source("vllm/utils/func_utils.py")).body
+              if isinstance(n, ast.FunctionDef) and n.name == "_supports_kw")
+    assert ours(_supports_kw.__wrapped__) == params(fu)
+    reg = next(n for n in ast.parse(_wheel_source("vllm/model_executor/models/registry.py")).body
+               if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "_TEXT_GENERATION_MODELS")
+    assert list(TEXT_GENERATION_ARCHS) == [k.value for k in reg.value.keys]
+
+
 # ------------------------------------------------------------------ vLLM's rules, one test each
 
 
