@@ -370,6 +370,13 @@ def test_sleep_level_1_keeps_context_and_graphs_on_the_gpu_and_weights_in_pinned
     assert _kinds(0)["activation"] == awake["activation"]  # torch's cache refills on the first step
     llm.llm_engine.engine_core.shutdown()
     assert _kinds(0) == {}  # an engine-core process of its own: everything goes with it
+    # sleep_mode_offload_cudagraph puts the graphs in the pool: then only the context stays
+    llm = double.LLM(model=QWEN, gpu_memory_utilization=0.5, max_model_len=8192, enable_sleep_mode=True,
+                     sleep_mode_offload_cudagraph=True)
+    llm.sleep(level=1)
+    assert _kinds(0) == {"context": 512 << 20} and _ledger().host_used() == weights + (512 << 20)
+    assert llm.wake_up() and _kinds(0)["graphs"] == 512 << 20 and _ledger().host_used() == 0
+    llm.llm_engine.engine_core.shutdown()
     # without sleep mode nothing is in the CuMem pool: sleeping frees only torch's cache
     llm = double.LLM(model=QWEN, gpu_memory_utilization=0.5, max_model_len=8192, enforce_eager=True)
     llm.sleep(level=1)

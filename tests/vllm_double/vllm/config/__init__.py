@@ -40,6 +40,7 @@ class ModelConfig:
     skip_tokenizer_init: bool = False
     enable_sleep_mode: bool = False
     enable_cumem_allocator: bool = False
+    sleep_mode_offload_cudagraph: bool = False
     hf_overrides: Any = None
 
     def __post_init__(self) -> None:

@@ -92,7 +92,7 @@ MODELLED = frozenset({
     "max_model_len", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
     "distributed_executor_backend", "gpu_memory_utilization", "kv_cache_memory_bytes", "block_size",
     "max_num_batched_tokens", "max_num_seqs", "enforce_eager", "enable_sleep_mode", "enable_cumem_allocator",
-    "sleep_mode_backend", "skip_tokenizer_init",
+    "sleep_mode_backend", "skip_tokenizer_init", "sleep_mode_offload_cudagraph",
 })
 
 #: fields that cannot change what the double checks (logging, caching of prompts, loading files)
@@ -130,7 +130,8 @@ def create_engine_config(self: Any, usage_context: Any = None, headless: bool = 
         trust_remote_code=self.trust_remote_code, dtype=self.dtype, seed=self.seed, revision=self.revision,
         max_model_len=self.max_model_len, enforce_eager=self.enforce_eager,
         skip_tokenizer_init=self.skip_tokenizer_init, enable_sleep_mode=self.enable_sleep_mode,
-        enable_cumem_allocator=self.enable_cumem_allocator, hf_overrides=self.hf_overrides)
+        enable_cumem_allocator=self.enable_cumem_allocator,
+        sleep_mode_offload_cudagraph=self.sleep_mode_offload_cudagraph, hf_overrides=self.hf_overrides)
     cache_config = CacheConfig(block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
                                kv_cache_memory_bytes=self.kv_cache_memory_bytes, cache_dtype=self.kv_cache_dtype)
     parallel_config = ParallelConfig(tensor_parallel_size=self.tensor_parallel_size,

@@ -229,9 +229,14 @@ class EngineCore:
             else:
                 ledger.allocate(gpu, proc=proc.id, engine=self.engine_id, kind="kv", nbytes=kv, on_oom=torch_oom(gpu))
             self.kv_bytes, self.num_blocks, self.block_size = kv, num_blocks, block
-            # compile_or_warm_up_model (gpu_worker.py:933-1124): graphs outside the pool, warm-up reserve
-            ledger.allocate(gpu, proc=proc.id, engine=self.engine_id, kind="graphs", nbytes=graphs,
-                            on_oom=torch_oom(gpu))
+            # compile_or_warm_up_model (gpu_worker.py:933-1124): CUDA graphs go to torch's graph pool, outside the
+            # CuMem pool, unless sleep_mode_offload_cudagraph puts them in it (config/vllm.py:716-728,
+            # compilation/cudagraph_pool.py:33-47) so that sleep backs them up too; then the warm-up reserve
+            if graphs and mc.enable_sleep_mode and mc.sleep_mode_offload_cudagraph:
+                proc.allocator.allocate(proc=proc.id, gpu=gpu, engine=self.engine_id, tag="cudagraph", nbytes=graphs)
+            else:
+                ledger.allocate(gpu, proc=proc.id, engine=self.engine_id, kind="graphs", nbytes=graphs,
+                                on_oom=torch_oom(gpu))
             self._take_activation()
             self.clock.spend(hw.engine_start_s())
         except BaseException:
