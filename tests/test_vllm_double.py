@@ -394,7 +394,7 @@ def test_wake_up_runs_out_of_memory_when_the_gpu_was_taken_while_asleep(double, 
     with pytest.raises(Exception) as err:
         a.wake_up()
     assert type(err.value) is Exception
-    assert str(err.value) == "Call to wake_up method failed: CUDA Error: out of memory at csrc/cumem_allocator.cpp"
+    assert str(err.value).startswith("Call to wake_up method failed: CUDA Error: out of memory at ")
     assert a.llm_engine.is_sleeping()
     b.llm_engine.engine_core.shutdown()
     assert a.wake_up() is True  # the memory is back

@@ -31,7 +31,9 @@ _ids = itertools.count()
 
 
 def cuda_oom(requested: int, free: int, total: int) -> RuntimeError:
-    return RuntimeError("CUDA Error: out of memory at csrc/cumem_allocator.cpp")
+    # as users see it (vllm-project/vllm#47654, vLLM 0.11: "CUDA Error: out of memory at
+    # /workspace/csrc/cumem_allocator.cpp:163"); the line in 0.33's build is not known
+    return RuntimeError("CUDA Error: out of memory at /workspace/csrc/cumem_allocator.cpp:163")
 
 
 def pinned_oom(requested: int, free: int) -> RuntimeError:
