@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -316,6 +317,9 @@ def main(argv: list[str]) -> int:
             ray.shutdown()
         except Exception:  # noqa: BLE001
             pass
+        ledger_dir = os.environ.get("SKILLMOE_FAKE_GPU_DIR", "")
+        if os.path.basename(ledger_dir).startswith("fake-gpus-"):  # the one _setup made
+            shutil.rmtree(ledger_dir, ignore_errors=True)
     return 1 if "error" in out else 0
 
 

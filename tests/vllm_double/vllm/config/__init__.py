@@ -9,7 +9,6 @@ pydantic dataclasses too, so the errors come out the same way.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from pydantic import ConfigDict, Field
@@ -200,4 +199,4 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["CacheConfig", "ModelConfig", "ParallelConfig", "SchedulerConfig", "VllmConfig", "cdiv", "math"]
+__all__ = ["CacheConfig", "ModelConfig", "ParallelConfig", "SchedulerConfig", "VllmConfig", "cdiv"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-from .._double import hw, ledger
+from .._double import ledger
 
 # device_allocator/__init__.py:17: selective wake may defer only these
 DEFERRABLE_TAGS: tuple[str, ...] = ("weights", "kv_cache")
@@ -129,4 +129,4 @@ class CuMemAllocator:
         return out
 
 
-__all__ = ["CuMemAllocator", "DEFERRABLE_TAGS", "hw"]
+__all__ = ["CuMemAllocator", "DEFERRABLE_TAGS"]
