@@ -89,6 +89,15 @@ def _ledger_summary() -> dict:
     return {"gpus": gpus, "host_pinned": ledger.host_used(), "host_pinned_peak": ledger.host_peak()}
 
 
+def _wait_until_freed(timeout: float = 30.0) -> None:
+    """Killed actors' processes take a moment to go; their ledger entries go with them."""
+    from vllm._double import hw, ledger
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(ledger.gpu_used(g) for g in range(hw.num_gpus())):
+        time.sleep(0.2)
+
+
 # ------------------------------------------------------------------ actors
 
 
@@ -167,7 +176,7 @@ def run_actors(out: dict) -> None:
         res["ledger"] = _ledger_summary()
         for x in b:
             ray.kill(x)
-        time.sleep(1.0)  # the killed actors' processes go, and their memory with them
+        _wait_until_freed()  # the killed actors' processes go, and their memory with them
         res["after_kill"] = _ledger_summary()
         shared[str(util)] = res
     out["two_on_one_gpu"] = shared
@@ -248,18 +257,26 @@ def run_deployment(path: str, aggregator: str, out: dict) -> None:
 
     # the first worker alone, every expert twice in one job list: the policy parks what it will need again
     ray.kill(agg)
-    time.sleep(1.0)
+    deadline = time.time() + 30  # until the aggregator's process and its memory are gone
+    while time.time() < deadline and any(e["pid"] == out["aggregator_start"].get("pid") for e in _ledger_entries(0)):
+        time.sleep(0.2)
     out["parking"] = _park_all(workers[0], experts)
     # the same with the configuration errors of the file put right (trust_remote_code where the model needs it,
     # max_model_len within the model's limit): what fails after those are fixed
     for w in workers:
         ray.kill(w)
     ray.util.remove_placement_group(pg)
-    time.sleep(1.0)
+    _wait_until_freed()
     fixed = [_fix_config(e) for e in experts]
     workers, pg, _ = start_workers(fixed, 1, sv.gpus_per_worker, sv.cpus_per_worker, catalogue, sv.models_per_worker,
                                    host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch)
     out["parking_config_fixed"] = _park_all(workers[0], fixed)
+
+
+def _ledger_entries(gpu: int) -> list[dict]:
+    from vllm._double import ledger
+
+    return ledger.gpu_entries(gpu)
 
 
 def _park_all(worker, experts) -> dict:
