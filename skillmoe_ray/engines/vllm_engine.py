@@ -164,13 +164,23 @@ def vllm_available() -> bool:
     return True
 
 
-def _cuda_visible() -> bool:
-    """Whether a CUDA device is usable, without importing vLLM (torch is already there)."""
-    try:
-        import torch
+def _sleep_mode_available() -> bool:
+    """Whether vLLM has sleep mode here: vLLM's own platform says (CUDA, ROCm and XPU have it, CPU not).
 
-        return bool(torch.cuda.is_available())
+    Asked of vLLM, not of torch: ``torch.cuda.is_available()`` answers a different question
+    (whether torch sees a device) -- the CPU build of vLLM has no sleep mode even on a GPU
+    machine, and a stand-in for vLLM on a machine without a GPU (tests/vllm_double) has it.
+    Lazy: only ``vllm.platforms`` is imported, on the first question, and vLLM caches the
+    platform it detects. Without vLLM there is nothing to park with.
+    """
+    try:
+        from vllm.platforms import current_platform
     except ImportError:
+        return False
+    try:
+        return bool(current_platform.is_sleep_mode_available())
+    except Exception as exc:  # noqa: BLE001 - a platform vLLM cannot detect: park by releasing
+        log.warning("vLLM could not tell whether it has sleep mode here (%s); parking releases", exc)
         return False
 
 
@@ -195,8 +205,6 @@ class VLLMEngine(Engine):
         self.size_gb = size_gb
         self.progress = progress
         self.prompt_format = self.engine_args.get("prompt_format", "auto")
-        # vLLM's sleep mode (level 1) parks weights in host memory on a GPU; the CPU build has none
-        self.can_park = _cuda_visible() and _truthy(self.engine_args.get("sleep_mode", True))
         if self.prompt_format not in ("auto", "chat", "plain"):
             raise EngineError(f"expert {name!r}: engine_args.prompt_format must be auto, chat or plain, "
                               f"got {self.prompt_format!r}")
@@ -214,6 +222,11 @@ class VLLMEngine(Engine):
         self.truncated_prompts = 0
         #: figures of the last load / generate / release (seconds, bytes, tokens)
         self.stats: dict[str, float] = {}
+
+    @property
+    def can_park(self) -> bool:  # type: ignore[override]
+        """vLLM's sleep mode (level 1) parks weights in host memory on a GPU; the CPU build has none."""
+        return _truthy(self.engine_args.get("sleep_mode", True)) and _sleep_mode_available()
 
     # ------------------------------------------------------------ life cycle
 
