@@ -65,10 +65,19 @@ def test_no_host_budget_means_every_swap_is_a_cold_load():
 
 def test_host_tier_turns_cold_loads_into_wakes_within_its_budget():
     clock = Clock()
-    w = worker_with("ab", capacity=1, clock=clock, host_budget_gb=1.0)  # room for one parked 1 GB model
+    # room for two parked 1 GB models: a swap parks the outgoing one before the incoming one's host copy is
+    # freed by its wake, so for a moment both are pinned
+    w = worker_with("ab", capacity=1, clock=clock, host_budget_gb=2.0)
     w.run(jobs("abab"), SamplingSettings())
     assert (w.loads, w.wakes) == (2, 2)
     assert clock.elapsed_s == pytest.approx(2 * 10 + 2 * 1 + 4 * 0.001, rel=1e-3)
+
+
+def test_a_swap_never_holds_more_host_memory_than_the_budget():
+    clock = Clock()
+    w = worker_with("ab", capacity=1, clock=clock, host_budget_gb=1.0)  # one parked model, not two at once
+    w.run(jobs("abab"), SamplingSettings())
+    assert (w.loads, w.wakes) == (3, 1)  # b cannot be parked while a's copy still waits to wake
 
 
 def test_host_budget_keeps_the_parked_model_needed_soonest():

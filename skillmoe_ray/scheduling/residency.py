@@ -150,11 +150,13 @@ def make_room(tiers: Tiers, incoming: str, upcoming: Sequence[str], limits: Limi
         return []
     actions: list[Action] = []
     device = list(tiers.device)
-    host = [n for n in tiers.host if n != incoming]  # a model that wakes frees its host copy
+    # a model that wakes gives up its host copy and its leftover on the device -- but only once it is awake,
+    # after these evictions: until then its host copy counts against the host budget
+    host = list(tiers.host)
     need = limits.trait(incoming).device_gb
     while not limits.fits(device, host, incoming):
         if not device:
-            parked = [n for n in host if limits.trait(n).asleep_gb > 0]
+            parked = [n for n in host if n != incoming and limits.trait(n).asleep_gb > 0]
             if not parked:
                 break
             victim = furthest(parked, upcoming)
@@ -165,7 +167,7 @@ def make_room(tiers: Tiers, incoming: str, upcoming: Sequence[str], limits: Limi
         device.remove(victim)
         t = limits.trait(victim)
         leftover_fits = limits.device_gb is None or \
-            sum(limits.trait(n).asleep_gb for n in host) + t.asleep_gb + need <= limits.device_gb + 1e-9
+            sum(limits.trait(n).asleep_gb for n in host if n != incoming) + t.asleep_gb + need <= limits.device_gb + 1e-9
         if victim in upcoming and t.can_park and leftover_fits:
             frees = host_room(host, t.size_gb, upcoming, limits, keep=(victim, incoming))
             if frees is not None:

@@ -339,4 +339,5 @@ class AggregatorWorker:
     def info(self) -> dict[str, Any]:
         return {"mode": self.mode, "model": self.engine.name if self.engine else None,
                 "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid(), "loads": self.loads,
-                "tasks": sorted(self.ranking_by_task)}
+                "tasks": sorted(self.ranking_by_task), "node_id": _node_id(),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}

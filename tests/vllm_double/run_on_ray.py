@@ -12,12 +12,12 @@ and passes them to every Ray worker. What happened is written to OUT.json.
 two sharing one GPU (fractions of one placement-group bundle) whose gpu_memory_utilization
 add up to less than 1 and then to more, and one with num_gpus=0.
 
-``deployment``: the file's experts through the real ExpertWorker actors (start_workers with
-the file's serving settings), its LLM aggregator (start_aggregator with the file's
-aggregator_gpus, the model given by --aggregator, as a task's profile would name it) and the
-scheduler (one plan: every expert answers two questions); then the first worker alone runs
-every expert twice in one job list, so the residency policy parks each one it will need again.
-Each failure is reported with the first line of its reason.
+``deployment``: the file's preflight, its experts through the real ExpertWorker actors
+(start_workers with the file's serving settings and the fake GPUs' size), its LLM aggregator
+(start_aggregator with the file's aggregator_gpus, the model given by --aggregator, as a task's
+profile would name it) and the scheduler: the same plan twice (every expert answers two
+questions each time, so the second round brings back what the first evicted), then the
+aggregator merges the answers. Each failure is reported with the first line of its reason.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def _setup(gpus: int) -> dict[str, str]:
         "SKILLMOE_FAKE_GPU_DIR": tempfile.mkdtemp(prefix="fake-gpus-"),
         "SKILLMOE_FAKE_GPUS": str(gpus),
         "SKILLMOE_FAKE_HUB_DIR": str(MODELS),
+        "SKILLMOE_MODEL_CONFIGS": str(MODELS),  # where the project reads the same configs (footprints, preflight)
         "SKILLMOE_FAKE_GPU_GB": os.environ.get("SKILLMOE_FAKE_GPU_GB", "80"),
         "SKILLMOE_FAKE_TIME_SCALE": os.environ.get("SKILLMOE_FAKE_TIME_SCALE", "0"),
         "HF_HUB_OFFLINE": "1",
@@ -201,82 +202,92 @@ def run_actors(out: dict) -> None:
 
 
 def run_deployment(path: str, aggregator: str, out: dict) -> None:
+    """The file's pool as the scheduler deployment starts it (preflight, workers with their budgets, the LLM
+    aggregator on its own GPU share), then the same batch twice through the scheduler (every expert answers
+    two questions each time: the second round brings back what the first evicted), and the aggregator
+    merging the answers."""
+    import math
+
     import ray
 
     from skillmoe_ray.config import load_config
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+    from skillmoe_ray.pool import pool_experts
+    from skillmoe_ray.preflight import preflight, ray_nodes
     from skillmoe_ray.prompts import expert_prompt
     from skillmoe_ray.serving.actors import cost_model_for, start_aggregator, start_workers
-    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_from
-    from skillmoe_ray.tasks import Catalogue, load_questions
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
+    from skillmoe_ray.solution import ExpertAnswer
+    from skillmoe_ray.tasks import Catalogue
 
     cfg = load_config(ROOT / path)
     sv = cfg.serving
-    experts = list(cfg.pool.experts)
-    gpus = int(sv.workers * sv.gpus_per_worker + sv.aggregator_gpus)
+    experts = pool_experts(cfg)
+    gpus = math.ceil(sv.workers * sv.gpus_per_worker + sv.aggregator_gpus)
     _init(gpus=gpus, cpus=sv.workers * sv.cpus_per_worker + 1)
+    gpu_gb = float(os.environ["SKILLMOE_FAKE_GPU_GB"])
+    host_gb = float(os.environ.get("SKILLMOE_FAKE_HOST_BUDGET_GB", "64"))  # a GPU node's RAM for parked weights
     catalogue = Catalogue.from_config(cfg)
     task = catalogue.get("GPQA")
     out["deployment"] = {"file": path, "workers": sv.workers, "gpus": gpus, "aggregator_gpus": sv.aggregator_gpus,
-                         "aggregator": aggregator}
+                         "aggregator": aggregator, "gpu_gb": gpu_gb, "host_budget_gb": host_gb}
+    report = preflight(cfg, experts, MODELS, gpu_gb, nodes=ray_nodes())
+    out["preflight"] = [f.render(path) for f in report.findings if f.level == "error"]
 
     # as the scheduler deployment starts the pool (scheduler_deployment.py): workers first, then the aggregator
     workers, pg, _ = start_workers(experts, sv.workers, sv.gpus_per_worker, sv.cpus_per_worker, catalogue,
-                                   sv.models_per_worker, host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch,
-                                   strategy=sv.placement_strategy)
+                                   sv.models_per_worker, host_budget_gb=host_gb, prefetch=sv.prefetch,
+                                   strategy=sv.placement_strategy, gpu_memory_gb=gpu_gb,
+                                   gpu_memory_fraction=sv.gpu_memory_fraction)
     infos = ray.get([w.info.remote() for w in workers])
     out["worker_gpus"] = {i["wid"]: i["cuda_visible_devices"] for i in infos}
+    budgets = ray.get([w.budgets.remote() for w in workers])
+    out["budgets"] = budgets
     by_name = {e.name: e for e in experts}
     agg, _ = start_aggregator("llm", {"GPQA": [e.name for e in experts]}, {}, by_name[aggregator], catalogue,
-                              sv.aggregator_gpus, cfg.aggregation.max_tokens)
+                              sv.aggregator_gpus, cfg.aggregation.max_tokens, gpu_memory_gb=gpu_gb)
     try:
         out["aggregator_start"] = {"ok": True, **ray.get(agg.info.remote(), timeout=300)}
     except Exception as exc:  # noqa: BLE001 - a refused start is a finding
         out["aggregator_start"] = {"ok": False, "why": _why(exc)}
     out["after_aggregator"] = _ledger_summary()
 
-    questions = load_questions("GPQA", "test")[:2]
+    questions = catalogue.questions(task, "test")[:2]
     plan = {e.name: [(qi, j, GenerationRequest.user(expert_prompt(task, q.text), key=q.qid))
                      for qi, q in enumerate(questions)] for j, e in enumerate(experts)}
-    limits = limits_from(ray.get(workers[0].traits.remote()), sv.models_per_worker, sv.host_budget_gb, sv.prefetch)
+    limits = limits_for(ray.get(workers[0].traits.remote()), budgets, sv.prefetch)
     ex = RayExecutor(Scheduler(workers, limits, cost_model_for(experts)))
+    out["rounds"] = []
+    texts: dict = {}
     try:
-        texts = ex.run(plan, SamplingSettings(temperature=0.7, max_tokens=512, seed=0))
-        out["plan"] = {"answered": len(texts), "asked": sum(len(v) for v in plan.values()),
-                       "unhealthy": {k: v.splitlines()[0] for k, v in ex.unhealthy.items()}}
+        for _ in range(2):
+            texts = ex.run(plan, SamplingSettings(temperature=0.7, max_tokens=512, seed=0))
+            out["rounds"].append({"answered": len(texts), "asked": sum(len(v) for v in plan.values()),
+                                  "unhealthy": {k: v.splitlines()[0] for k, v in ex.unhealthy.items()},
+                                  "ledger": _ledger_summary()})
     except Exception as exc:  # noqa: BLE001
-        out["plan"] = {"error": _why(exc), "unhealthy": {k: v.splitlines()[0] for k, v in ex.unhealthy.items()}}
+        out["rounds"].append({"error": _why(exc)})
     finally:
         ex.close()
     infos = ray.get([w.info.remote() for w in workers])
+    out["workers"] = [{k: i[k] for k in ("wid", "cuda_visible_devices", "loads", "wakes", "resident", "parked")}
+                      for i in infos]
     out["failed"] = {}
     for i in infos:
         for name, why in i["failed"].items():
             out["failed"].setdefault(name, why.splitlines()[0])
-    out["after_plan"] = _ledger_summary()
-
-    # the first worker alone, every expert twice in one job list: the policy parks what it will need again
-    ray.kill(agg)
-    deadline = time.time() + 30  # until the aggregator's process and its memory are gone
-    while time.time() < deadline and any(e["pid"] == out["aggregator_start"].get("pid") for e in _ledger_entries(0)):
-        time.sleep(0.2)
+    # one worker told of a job list with every expert twice: it parks (sleeps) what the list needs again,
+    # as far as its host budget holds them, and wakes them for their second job
     out["parking"] = _park_all(workers[0], experts)
-    # the same with the configuration errors of the file put right (trust_remote_code where the model needs it,
-    # max_model_len within the model's limit): what fails after those are fixed
-    for w in workers:
-        ray.kill(w)
-    ray.util.remove_placement_group(pg)
-    _wait_until_freed()
-    fixed = [_fix_config(e) for e in experts]
-    workers, pg, _ = start_workers(fixed, 1, sv.gpus_per_worker, sv.cpus_per_worker, catalogue, sv.models_per_worker,
-                                   host_budget_gb=sv.host_budget_gb, prefetch=sv.prefetch)
-    out["parking_config_fixed"] = _park_all(workers[0], fixed)
-
-
-def _ledger_entries(gpu: int) -> list[dict]:
-    from vllm._double import ledger
-
-    return ledger.gpu_entries(gpu)
+    # the aggregator merges each question's answers, on the GPU share it was given
+    answers = [[ExpertAnswer(e.name, texts.get((qi, j), ""), task.extract(texts.get((qi, j), "")))
+                for j, e in enumerate(experts[:3])] for qi in range(len(questions))]
+    try:
+        merged = ray.get(agg.aggregate.remote("GPQA", questions, answers, 0), timeout=300)
+        out["aggregated"] = [{"answer": a, "aggregator": who} for a, _, who in merged]
+    except Exception as exc:  # noqa: BLE001
+        out["aggregated"] = {"error": _why(exc)}
+    out["after_plan"] = _ledger_summary()
 
 
 def _park_all(worker, experts) -> dict:
@@ -284,32 +295,25 @@ def _park_all(worker, experts) -> dict:
 
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
 
-    jobs = [(e.name, [(0, 0, GenerationRequest.user(QUESTION, key="GPQA/test/0"))]) for e in experts] * 2
+    jobs = [(e.name, [(i, 0, GenerationRequest.user(QUESTION, key="GPQA/test/0"))])
+            for i, e in enumerate(list(experts) * 2)]
+    before = ray.get(worker.info.remote())
     try:
         res = ray.get(worker.run.remote(jobs, SamplingSettings(max_tokens=64, seed=0)), timeout=600)
     except Exception as exc:  # noqa: BLE001
         return {"error": _why(exc)}
+    after = ray.get(worker.info.remote())
     st = res["stats"]
-    return {"jobs": len(st["jobs"]), "failed": {k: v.splitlines()[0] for k, v in st["failed"].items()},
+    return {"jobs": len(st["jobs"]), "answered": len(res["texts"]),
+            "failed": {k: v.splitlines()[0] for k, v in st["failed"].items()},
+            "loads": after["loads"] - before["loads"], "wakes": after["wakes"] - before["wakes"],
             "parked": st["parked"], "resident": st["resident"], "ledger": _ledger_summary()}
 
 
-def _fix_config(e):
-    """The expert with trust_remote_code where its config or tokenizer has an auto_map transformers lacks, and
-    max_model_len no larger than its config allows (what the lead's fixes are expected to do)."""
-    from vllm._double.model import read_config, read_tokenizer_config, resolve_model, shape_of
+def _ledger_entries(gpu: int) -> list[dict]:
+    from vllm._double import ledger
 
-    path = resolve_model(e.model)
-    args = dict(e.engine_args)
-    try:
-        read_config(path, False)
-        read_tokenizer_config(path, False)
-    except ValueError:
-        args["trust_remote_code"] = True
-    limit = shape_of(read_config(path, True)).derived_max_len
-    if args.get("max_model_len", 0) > limit:
-        args["max_model_len"] = int(limit)
-    return e.model_copy(update={"engine_args": args})
+    return ledger.gpu_entries(gpu)
 
 
 def main(argv: list[str]) -> int:
