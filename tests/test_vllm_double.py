@@ -727,3 +727,12 @@ def test_shipped_four_gpu_deployment_on_the_double(four_gpu_run):
     gpu, ledger = _aggregator_gpu(r)
     assert gpu not in worker_gpus and ledger["used"] > 0
     assert all(r["after_aggregator"]["gpus"][g]["used"] == 0 for g in worker_gpus)  # nothing of it on theirs
+
+
+@pytest.mark.slow
+def test_a_generation_five_times_slower_than_predicted_keeps_its_worker_on_the_double(tmp_path_factory):
+    """The double sleeping its modelled times: a job runs far past the deadline learned for it (the prediction
+    says 10,000 tokens a second); the scheduler looks at the worker, finds it alive and working, and waits."""
+    r = _on_ray(tmp_path_factory, "slow")["slow"]
+    assert r["answered"] == 1 and r["took_s"] >= 5 * r["deadline_s"], r
+    assert r["slow_jobs"] >= 1 and r["alive"] and "lost" not in r["events"], r

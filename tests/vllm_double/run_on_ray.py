@@ -1,6 +1,7 @@
 """The project's GPU path over the vLLM double, on a private Ray cluster with logical GPUs.
 
     python tests/vllm_double/run_on_ray.py actors OUT.json
+    python tests/vllm_double/run_on_ray.py slow OUT.json
     python tests/vllm_double/run_on_ray.py deployment deployments/one-gpu.yaml OUT.json [--aggregator Qwen]
 
 Run it with ``tests/vllm_double`` first on PYTHONPATH (and the repository after it) and
@@ -225,7 +226,7 @@ def run_deployment(path: str, aggregator: str, out: dict) -> None:
     experts = pool_experts(cfg)
     gpus = math.ceil(sv.workers * sv.gpus_per_worker + sv.aggregator_gpus)
     _init(gpus=gpus, cpus=sv.workers * sv.cpus_per_worker + 1)
-    gpu_gb = float(os.environ["SKILLMOE_FAKE_GPU_GB"])
+    gpu_gb = float(os.environ["SKILLMOE_FAKE_GPU_GB"]) * (1 << 30) / 1e9  # the double's GPUs are in GiB
     host_gb = float(os.environ.get("SKILLMOE_FAKE_HOST_BUDGET_GB", "64"))  # a GPU node's RAM for parked weights
     catalogue = Catalogue.from_config(cfg)
     task = catalogue.get("GPQA")
@@ -310,6 +311,41 @@ def _park_all(worker, experts) -> dict:
             "parked": st["parked"], "resident": st["resident"], "ledger": _ledger_summary()}
 
 
+def run_slow(out: dict) -> None:
+    """A generation far slower than the scheduler predicts, on the double with real sleeps: the worker is
+    checked when the deadline passes, found alive and working, and kept."""
+    import ray
+
+    from skillmoe_ray.config import ExpertConfig
+    from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+    from skillmoe_ray.serving.actors import cost_model_for, start_workers
+    from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
+
+    os.environ.update({"SKILLMOE_FAKE_TIME_SCALE": "1", "SKILLMOE_FAKE_ENGINE_START_S": "0",
+                       "SKILLMOE_FAKE_DISK_GBPS": "100", "SKILLMOE_FAKE_HBM_GBPS": "250"})  # ~30 ms a decode step
+    _init(gpus=1, cpus=2)
+    expert = ExpertConfig(name="Phi", engine="vllm", model="microsoft/Phi-3.5-mini-instruct", size_gb=7.6,
+                          engine_args={"max_model_len": 4096})
+    workers, pg, _ = start_workers([expert], 1, 1.0, 1.0, gpu_memory_gb=80 * (1 << 30) / 1e9)
+    budgets = ray.get([w.budgets.remote() for w in workers])
+    limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
+    sched = Scheduler(workers, limits, cost_model_for([expert]), job_timeout_factor=1.0, job_timeout_min_s=0.3,
+                      probe_interval_s=0.2)
+    req = GenerationRequest.user(QUESTION, key="GPQA/test/0")
+    ex = RayExecutor(sched)
+    try:
+        ex.run({"Phi": [(0, 0, req)]}, SamplingSettings(max_tokens=16, seed=0))  # loads it, and a first measurement
+        sched.times.experts["Phi"].step_s = 1e-4  # as if it had measured 10,000 tokens a second
+        predicted = sched.times.predict("Phi", "resident", 128)
+        t0 = time.perf_counter()
+        texts = ex.run({"Phi": [(1, 0, req)]}, SamplingSettings(max_tokens=128, seed=0))
+        out["slow"] = {"took_s": time.perf_counter() - t0, "deadline_s": 0.3 + predicted, "answered": len(texts),
+                       "slow_jobs": sched.slow_jobs, "alive": sched.views[0].alive,
+                       "events": [e["event"] for e in sched.events]}
+    finally:
+        ex.close()
+
+
 def _ledger_entries(gpu: int) -> list[dict]:
     from vllm._double import ledger
 
@@ -322,6 +358,8 @@ def main(argv: list[str]) -> int:
     try:
         if argv[1] == "actors":
             run_actors(out)
+        elif argv[1] == "slow":
+            run_slow(out)
         elif argv[1] == "deployment":
             agg = argv[argv.index("--aggregator") + 1] if "--aggregator" in argv else "Qwen"
             run_deployment(argv[2], agg, out)
