@@ -80,6 +80,7 @@ DECLARED = (
     "vllm.LLM(…).sleep(level)",
     "vllm.LLM(…).wake_up()",
     "vllm.platforms.current_platform.is_cpu()",
+    "vllm.platforms.current_platform.is_sleep_mode_available()",
     # generate
     "vllm.SamplingParams(max_tokens, seed, stop, temperature, top_p)",
     "vllm.SamplingParams(…).output_kind = …",
