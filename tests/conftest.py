@@ -80,7 +80,7 @@ def deploy(cfg_path, name, state_dir, route_prefix=None, **overrides):
 class ServeProcess:
     """`skillmoe serve` in a process of its own (its own private Ray cluster), its output collected."""
 
-    def __init__(self, config, port: int, cwd=None):
+    def __init__(self, config, port: int, cwd=None, state_dir=None):
         import subprocess
         import sys
         import threading
@@ -88,7 +88,8 @@ class ServeProcess:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
         exe = Path(sys.executable).with_name("skillmoe")
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([str(exe), "serve", "--config", str(config), "--port", str(port)], cwd=cwd,
+        extra = ["--state-dir", str(state_dir)] if state_dir else []
+        self.proc = subprocess.Popen([str(exe), "serve", "--config", str(config), "--port", str(port), *extra], cwd=cwd,
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []

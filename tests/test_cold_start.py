@@ -67,7 +67,8 @@ def test_ctrl_c_the_moment_it_answers_stops_it_cleanly(tmp_path):
     then stops the server as one later would (exit 0, no traceback), not as an interrupted start."""
     from conftest import ROOT
 
-    server = ServeProcess(ROOT / "examples" / "arithmetic" / "recorded.yaml", free_port(), cwd=tmp_path)
+    server = ServeProcess(ROOT / "examples" / "arithmetic" / "recorded.yaml", free_port(), cwd=tmp_path,
+                          state_dir=tmp_path / ".skillmoe")  # not the example's own folder
     try:
         deadline = time.time() + 240
         while time.time() < deadline and server.proc.poll() is None and _health(server.url)[0] != 200:

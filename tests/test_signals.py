@@ -45,7 +45,8 @@ def workdir(tmp_path_factory) -> Path:
     """The servers run here; the profiles `skillmoe profile` builds in its .skillmoe serve every start."""
     folder = tmp_path_factory.mktemp("signals")
     exe = Path(sys.executable).with_name("skillmoe")
-    r = subprocess.run([str(exe), "profile", "--config", str(RECORDED_CONFIG), "--task", "MMLU_Pro", "--quiet"],
+    r = subprocess.run([str(exe), "profile", "--config", str(RECORDED_CONFIG), "--task", "MMLU_Pro", "--quiet",
+                        "--state-dir", str(folder / ".skillmoe")],
                        cwd=folder, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return folder
@@ -54,7 +55,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture
 def server(workdir):
     """A `skillmoe serve` of the recorded pool; whatever is left of it is killed after the test."""
-    proc = ServeProcess(RECORDED_CONFIG, free_port(), cwd=workdir)
+    proc = ServeProcess(RECORDED_CONFIG, free_port(), cwd=workdir, state_dir=workdir / ".skillmoe")
     try:
         yield proc
     finally:
