@@ -117,6 +117,18 @@ def select_aggregator(hit_rates: Mapping[str, float], ranking: Sequence[str] = (
     return min(hit_rates, key=lambda n: (-hit_rates[n], order.get(n, len(order)), n))
 
 
+def agreed(preds: Sequence[str | None], task: Task | None = None) -> str | None:
+    """The answer every expert gave, when at least two answered and all read the same (equal as the task
+    compares answers); None otherwise. An aggregator reading agreeing chains of thought changes the answer
+    rarely (MOSAIC, arXiv 2606.03014: under 0.1 point), so ``aggregation.skip_when_agreed`` lets it stand."""
+    if len(preds) < 2 or any(p is None for p in preds):
+        return None
+    same = _same(task)
+    first = preds[0]
+    assert first is not None
+    return first if all(same(first, p) for p in preds[1:]) else None  # type: ignore[arg-type]
+
+
 def vote_settled(preds: Sequence[str | None], rank: Sequence[int], remaining: int, task: Task | None = None) -> bool:
     """Whether ``remaining`` more votes, all from experts ranked below every voter so far, can change the vote.
 

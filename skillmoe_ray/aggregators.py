@@ -11,7 +11,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Generator, Sequence
 
-from .aggregation import weighted_vote
+from .aggregation import agreed, weighted_vote
 from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .errors import ConfigError
 from .profiles import Profiles
@@ -126,15 +126,27 @@ class WeightedVoteAggregator(VoteAggregator):
 class LLMAggregator(Aggregator):
     """An aggregator model reads the experts' chains of thought and answers (the paper's last step)."""
 
-    def __init__(self, model: str, max_tokens: int = 4096):
+    def __init__(self, model: str, max_tokens: int = 4096, skip_when_agreed: bool = False):
         self.model = model
         self.name = f"llm:{model}"
         self.max_tokens = max_tokens
+        #: a question whose experts all agree keeps their answer without asking the model
+        self.skip_when_agreed = skip_when_agreed
 
     @classmethod
     def from_config(cls, aggregation: AggregationConfig, profiles: Profiles) -> Aggregator:
         """The configured model, else the one the task's aggregator benchmark chose."""
-        return cls(aggregation.aggregator or profiles.aggregator.get("name"), aggregation.max_tokens)
+        return cls(aggregation.aggregator or profiles.aggregator.get("name"), aggregation.max_tokens,
+                   aggregation.skip_when_agreed)
+
+    def agreement(self, task: Task, answers: Sequence[ExpertAnswer]) -> tuple[str | None, str, str] | None:
+        """The merged answer without the model, when the setting is on and every expert agrees."""
+        if not self.skip_when_agreed:
+            return None
+        pred = agreed([a.pred for a in answers], task)
+        if pred is None:
+            return None
+        return pred, answers[0].response, f"agreement ({len(answers)} of {len(answers)})"
 
     def request(self, task: Task, question: Question, answers: Sequence[ExpertAnswer]) -> GenerationRequest:
         """The aggregator model's prompt for one question: the experts' chains of thought, then the question."""
@@ -150,16 +162,23 @@ class LLMAggregator(Aggregator):
 
     def aggregate(self, task: Task, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                   executor: Executor, seed: int) -> list[tuple[str | None, str, str]]:
-        requests = [self.request(task, q, ans) for q, ans in zip(questions, answers)]
-        plan = {self.model: [(i, 0, r) for i, r in enumerate(requests)]}
-        texts = executor.run(plan, self.sampling(seed))
-        return [self.merged(task, texts[(i, 0)]) for i in range(len(requests))]
+        out: list[tuple[str | None, str, str] | None] = [self.agreement(task, ans) for ans in answers]
+        ask = [i for i, o in enumerate(out) if o is None]
+        if ask:
+            plan = {self.model: [(i, 0, self.request(task, questions[i], answers[i])) for i in ask]}
+            texts = executor.run(plan, self.sampling(seed))
+            for i in ask:
+                out[i] = self.merged(task, texts[(i, 0)])
+        return out  # type: ignore[return-value]
 
     def stream(self, task: Task, question: Question, answers: Sequence[ExpertAnswer], engine: Engine,
                seed: int) -> Generator[str, None, tuple[str | None, str, str]]:
         """One question aggregated by ``engine`` (the aggregator model, loaded here): yields the text as
         it is generated and returns what :meth:`aggregate` gives for that text, the answer read from
         the whole of it."""
+        settled = self.agreement(task, answers)
+        if settled is not None:
+            return settled
         parts = []
         for piece in engine.stream(self.request(task, question, answers), self.sampling(seed)):
             parts.append(piece)

@@ -242,6 +242,9 @@ class AggregationConfig(_Strict):
     #: fixed aggregator (skips the benchmark)
     aggregator: str | None = None
     max_tokens: int = Field(default=4096, ge=1)
+    #: an LLM aggregator is not asked when every expert of a question gave the same answer: that answer
+    #: stands (the aggregator reported as "agreement")
+    skip_when_agreed: bool = False
 
 
 class ServingConfig(_Strict):

@@ -104,3 +104,49 @@ def test_aggregator_worker_streams_what_it_would_answer_whole():
     vote = AggregatorWorker("vote", {"GPQA": ["a", "b", "c"]}, {})
     assert list(vote.aggregate_stream("GPQA", question, answers, 0)) == [
         vote.aggregate_with_usage("GPQA", [question], [answers], 0)]
+
+
+def test_agreed_is_the_answer_every_expert_gave():
+    from skillmoe_ray.aggregation import agreed
+
+    aime = get_task("AIME24")
+    assert agreed(["B", "B", "B"]) == "B" and agreed(["B", "C", "B"]) is None
+    assert agreed(["B", None, "B"]) is None and agreed(["B"]) is None and agreed([]) is None
+    assert agreed(["\\frac{1}{2}", "0.5"], aime) == "\\frac{1}{2}"  # equal as the task compares answers
+
+
+class _CountingExecutor:
+    """Stands in for the pool in a unit test of the aggregator's logic: records what the model is asked."""
+
+    expert_names = ["agg"]
+    unhealthy: dict = {}
+
+    def __init__(self):
+        self.asked = []
+
+    def run(self, plan, sampling):
+        out = {}
+        for _, work in plan.items():
+            for qi, slot, req in work:
+                self.asked.append(qi)
+                out[(qi, slot)] = "Weighing them, the answer is (C)"
+        return out
+
+
+def test_an_llm_aggregator_skips_questions_whose_experts_agree_when_set():
+    from skillmoe_ray.aggregators import LLMAggregator
+    from skillmoe_ray.solution import ExpertAnswer
+    from skillmoe_ray.tasks import load_questions
+
+    task = get_task("GPQA")
+    questions = load_questions(task, "test")[:3]
+    answers = [[ExpertAnswer(e, f"{e} thinks. The answer is ({p})", p) for e, p in zip("xyz", preds)]
+               for preds in (("A", "A", "A"), ("A", "B", "A"), ("D", "D", None))]
+    ex = _CountingExecutor()
+    merged = LLMAggregator("agg", skip_when_agreed=True).aggregate(task, questions, answers, ex, 0)
+    assert ex.asked == [1, 2]  # only the questions without a unanimous answer reach the model
+    assert merged[0] == ("A", "x thinks. The answer is (A)", "agreement (3 of 3)")
+    assert [m[0] for m in merged[1:]] == ["C", "C"] and merged[1][2] == "agg"
+    ex = _CountingExecutor()
+    assert [m[2] for m in LLMAggregator("agg").aggregate(task, questions, answers, ex, 0)] == ["agg"] * 3
+    assert ex.asked == [0, 1, 2]  # off by default

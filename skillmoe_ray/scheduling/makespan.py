@@ -171,9 +171,11 @@ def planner_s(selections: Sequence[Sequence[str]], aggregator: str | None, costs
 
 def planner_plan(selections: Sequence[Sequence[str]], aggregator: str | None, costs: SimulatedCosts,
                  workers: int, agg_max_tokens: int | None = None, limits: Limits | None = None,
-                 batches: int = 1) -> tuple[float, int, int]:
+                 batches: int = 1, aggregated: Sequence[Sequence[str]] | None = None) -> tuple[float, int, int]:
     """:func:`planner_s`'s makespan, with the cold loads and wakes its plans predict; ``batches`` runs the
-    same batch that many times back to back, each starting from what the one before left resident."""
+    same batch that many times back to back, each starting from what the one before left resident;
+    ``aggregated``: the selections of the questions that reach the aggregator (default: all of them)."""
+    aggregated = selections if aggregated is None else aggregated
     costs = costs.with_constants(release_s=0.0)
     cap = limits.capacity if limits is not None else 1
     states = [WorkerState(i, capacity=cap) for i in range(workers)]
@@ -187,12 +189,12 @@ def planner_plan(selections: Sequence[Sequence[str]], aggregator: str | None, co
         experts = plan_grouped(expert_work(selections), states, costs, limits=limits)
         total, loads, wakes = total + experts.makespan_s, loads + experts.loads, wakes + experts.wakes
         states = left(experts)
-        if aggregator is None:
+        if aggregator is None or not aggregated:
             continue
         agg = replace(costs, max_tokens=costs.max_tokens if agg_max_tokens is None else agg_max_tokens,
-                      prompt_tokens=costs.quoting(aggregator, selections))
+                      prompt_tokens=costs.quoting(aggregator, aggregated))
         # the aggregator's batch starts where the experts left the workers: whoever holds the aggregator keeps it
-        last = plan_grouped({aggregator: len(selections)}, states, agg, limits=limits)
+        last = plan_grouped({aggregator: len(aggregated)}, states, agg, limits=limits)
         total, loads, wakes = total + last.makespan_s, loads + last.loads, wakes + last.wakes
         states = left(last)
     return total, loads, wakes

@@ -147,7 +147,8 @@ def workers_per_node(pg: Any, n_workers: int) -> list[int]:
 
 def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, llm_expert: ExpertConfig | None,
                      catalogue: Catalogue | None, gpus: float = 0.0, max_tokens: int = 4096, name: str | None = None,
-                     namespace: str | None = None, gpu_memory_gb: float | None = None) -> tuple[Any, bool]:
+                     namespace: str | None = None, gpu_memory_gb: float | None = None,
+                     skip_when_agreed: bool = False) -> tuple[Any, bool]:
     """One aggregator actor (a vote, or one aggregator model kept resident); (handle, attached to an existing one)."""
     import ray
 
@@ -161,7 +162,7 @@ def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, ll
     remote = ray.remote(AggregatorWorker)
     handle = remote.options(num_cpus=0, num_gpus=gpus, max_restarts=-1, max_task_retries=1, **opts).remote(
         mode, ranking_by_task, weights_by_task, llm_expert.model_dump() if llm_expert else None, catalogue, max_tokens,
-        gpus, gpu_memory_gb)
+        gpus, gpu_memory_gb, skip_when_agreed)
     return handle, False
 
 

@@ -91,7 +91,8 @@ class SkillMoEScheduler:
                 agg.mode, {t: self.rankings[t] for t in tasks},
                 {t: log_odds_weights(profiles[t].accuracy) for t in tasks},
                 by_name[who] if agg.mode == "llm" else None, catalogue, sv.aggregator_gpus, agg.max_tokens,
-                name=f"{name}:aggregator:{who}", namespace=namespace, gpu_memory_gb=sv.gpu_memory_gb)
+                name=f"{name}:aggregator:{who}", namespace=namespace, gpu_memory_gb=sv.gpu_memory_gb,
+                skip_when_agreed=agg.skip_when_agreed)
             attached += found
             actors.append(actor)
             for t in tasks:

@@ -260,13 +260,15 @@ class AggregatorWorker:
 
     def __init__(self, mode: str, ranking_by_task: dict[str, list[str]], weights_by_task: dict[str, dict[str, float]],
                  llm_expert: dict[str, Any] | None = None, catalogue: Catalogue | None = None,
-                 max_tokens: int = 4096, gpus: float = 0.0, gpu_memory_gb: float | None = None):
+                 max_tokens: int = 4096, gpus: float = 0.0, gpu_memory_gb: float | None = None,
+                 skip_when_agreed: bool = False):
         self.mode = mode
         self.catalogue = catalogue_or_builtin(catalogue)
         self.ranking_by_task = ranking_by_task
         self.weights_by_task = weights_by_task
         self.engine: Engine | None = None
         self.max_tokens = max_tokens
+        self.skip_when_agreed = skip_when_agreed
         self.loads = 0
         if llm_expert is not None:
             self.engine = create_engine(ExpertConfig.model_validate(llm_expert), self.catalogue)
@@ -281,7 +283,7 @@ class AggregatorWorker:
 
         task = self.catalogue.get(task_name)
         if self.mode == "llm" and self.engine is not None:
-            agg = LLMAggregator(self.engine.name, self.max_tokens)
+            agg = LLMAggregator(self.engine.name, self.max_tokens, self.skip_when_agreed)
             # its only model: the executor never parks it, so it stays loaded between batches
             self.engine._last_usage = []
             return agg.aggregate(task, questions, answers, LocalExecutor({self.engine.name: self.engine}), seed)
@@ -302,12 +304,16 @@ class AggregatorWorker:
         """The aggregator model's (prompt, completion) tokens of its last call, one pair per merged answer."""
         if self.engine is None or self.mode != "llm":
             return [(0, 0)] * len(merged)
-        usage = list(self.engine._last_usage)
-        if len(usage) != len(merged):  # the engine counted nothing: estimate from the texts
+        asked = [i for i, (_, _, who) in enumerate(merged) if not who.startswith("agreement")]
+        usage = list(self.engine._last_usage) if asked else []
+        if len(usage) != len(asked):  # the engine counted nothing: estimate from the texts
             from ..engines.base import estimate_tokens
 
-            usage = [(0, estimate_tokens(r)) for _, r, _ in merged]
-        return usage
+            usage = [(0, estimate_tokens(merged[i][1])) for i in asked]
+        out = [(0, 0)] * len(merged)  # an agreement asked the model nothing
+        for i, u in zip(asked, usage):
+            out[i] = u
+        return out
 
     def aggregate_stream(self, task_name: str, question: Any, answers: list, seed: int) -> Iterator[Any]:
         """One question, streamed (a Ray streaming generator: call with ``num_returns="streaming"``).
@@ -322,7 +328,7 @@ class AggregatorWorker:
             return
         from ..aggregators import LLMAggregator
 
-        pieces = LLMAggregator(self.engine.name, self.max_tokens).stream(self.catalogue.get(task_name), question,
+        pieces = LLMAggregator(self.engine.name, self.max_tokens, self.skip_when_agreed).stream(self.catalogue.get(task_name), question,
                                                                          answers, self.engine, seed)
         while True:
             try:
