@@ -653,7 +653,8 @@ def test_two_engines_share_a_gpu_only_when_their_budgets_fit(on_ray_actors):
     assert fits["ledger"]["gpus"]["0"]["used"] <= 80 * GiB
     assert too_much["loads"][0] == "ok"
     assert "vLLM could not load 'Qwen/Qwen2.5-7B-Instruct' (RuntimeError: Engine core initialization failed. See " \
-           "root cause above. Failed core proc(s): {'EngineCore': 1})" in too_much["loads"][1]
+           "root cause above. Failed core proc(s): {'EngineCore': 1}; root cause: ValueError: Free memory on device " \
+           "cuda:0 (" in too_much["loads"][1]  # the engine core's own log, kept by the engine
 
 
 @pytest.mark.slow
@@ -736,3 +737,22 @@ def test_a_generation_five_times_slower_than_predicted_keeps_its_worker_on_the_d
     r = _on_ray(tmp_path_factory, "slow")["slow"]
     assert r["answered"] == 1 and r["took_s"] >= 5 * r["deadline_s"], r
     assert r["slow_jobs"] >= 1 and r["alive"] and "lost" not in r["events"], r
+
+
+def test_a_failed_engine_start_says_its_root_cause(double):
+    """Through the engine-core process the caller gets only "Engine core initialization failed. See root cause
+    above."; the engine keeps what was written to stderr while it started and names the cause."""
+    from skillmoe_ray.errors import EngineError
+
+    holder = _holder(0.6)
+    try:
+        e = _vllm_engine("Qwen", QWEN, size_gb=15.2)
+        e.engine_args["gpu_memory_utilization"] = 0.6  # more than the other process leaves free
+        with pytest.raises(EngineError) as err:
+            e.load()
+    finally:
+        holder.kill()
+        holder.wait()
+    msg = str(err.value)
+    assert "Engine core initialization failed" in msg
+    assert "root cause: ValueError: Free memory on device cuda:0 (" in msg, msg

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from ..errors import EngineError, SkillMoEError
 from .base import Engine, GenerationRequest, SamplingSettings
 from .chat import PLAIN_STOP, encode_messages, request_seeds, strip_special_tokens, use_chat
+from .startup_log import StartupLog
 
 if TYPE_CHECKING:
     from ..memory import Footprint
@@ -348,13 +349,19 @@ class VLLMEngine(Engine):
         # "[rank0]:" prefix per load): keep the process's own hook
         hook = sys.excepthook
         t0 = time.perf_counter()
+        # the engine core's own process logs why it failed to start to stderr only: keep it to say so
+        started = StartupLog()
         try:
-            llm = vllm.LLM(**kwargs)
+            with started:
+                llm = vllm.LLM(**kwargs)
         except Exception as exc:
             _clear_vllm_caches()
             gc.collect()
-            raise EngineError(f"expert {self.name!r}: vLLM could not load {self.model_spec!r} "
-                              f"({type(exc).__name__}: {exc})") from exc
+            detail = f"{type(exc).__name__}: {exc}"
+            cause = started.root_cause()
+            if cause and cause not in detail:
+                detail += f"; root cause: {cause}"
+            raise EngineError(f"expert {self.name!r}: vLLM could not load {self.model_spec!r} ({detail})") from exc
         finally:
             sys.excepthook = hook
         _drop_import_tracebacks()  # building the LLM imports more of vLLM
