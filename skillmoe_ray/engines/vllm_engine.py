@@ -13,8 +13,12 @@ engine reads itself:
   17-20 with 2 when nothing else runs; set 1 where several engines or other
   heavy work share the cores. torch's thread pool is process-wide: the last
   loaded engine's setting holds;
-* ``kv_cache_gb`` (CPU): KV cache size in GiB (default 1; whole numbers go
-  through ``VLLM_CPU_KVCACHE_SPACE``, fractions as ``kv_cache_memory_bytes``);
+* ``kv_cache_gb``: KV cache size in GiB. CPU: default 1; whole numbers go
+  through ``VLLM_CPU_KVCACHE_SPACE``, fractions as ``kv_cache_memory_bytes``.
+  GPU: part of the engine's footprint (:mod:`skillmoe_ray.memory`; default half
+  the weights up to 8 GiB, never less than one ``max_model_len`` sequence),
+  passed as ``kv_cache_memory_bytes`` beside a ``gpu_memory_utilization`` of the
+  footprint over the GPU's size, unless engine_args set those;
 * ``multiprocessing``: run vLLM's engine core in a child process
   (``VLLM_ENABLE_V1_MULTIPROCESSING``; default off on CPU, vLLM's default on GPU);
 * ``sleep_mode`` (GPU): park with ``llm.sleep(level=1)`` and wake on the next
