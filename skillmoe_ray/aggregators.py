@@ -122,6 +122,14 @@ class WeightedVoteAggregator(VoteAggregator):
         return self.weights.get(expert, 0.0)
 
 
+#: the aggregator a question's record names when its experts agreed and the aggregator model was not asked
+AGREEMENT = "agreement"
+
+
+def is_agreement(who: str) -> bool:
+    return who.startswith(AGREEMENT)
+
+
 @register_aggregator("llm")
 class LLMAggregator(Aggregator):
     """An aggregator model reads the experts' chains of thought and answers (the paper's last step)."""
@@ -146,7 +154,7 @@ class LLMAggregator(Aggregator):
         pred = agreed([a.pred for a in answers], task)
         if pred is None:
             return None
-        return pred, answers[0].response, f"agreement ({len(answers)} of {len(answers)})"
+        return pred, answers[0].response, f"{AGREEMENT} ({len(answers)} of {len(answers)})"
 
     def request(self, task: Task, question: Question, answers: Sequence[ExpertAnswer]) -> GenerationRequest:
         """The aggregator model's prompt for one question: the experts' chains of thought, then the question."""

@@ -235,16 +235,11 @@ def format_experts(report: dict) -> str:
     best = report["best_single_expert"]
     lines.append(f"best single expert on test: {best['name']} {100 * best['test_accuracy']:.2f}")
     lines.append(f"oracle (any expert of the pool right): {100 * report['oracle_accuracy']:.2f}")
-    unread = format_readability({n: _readability(n, r["test_readability"]) for n, r in report["experts"].items()},
-                                "test")
+    unread = format_readability({n: Readability.from_json(r["test_readability"])
+                                 for n, r in report["experts"].items()}, "test")
     if unread:
         lines += ["responses with no answer read from them:", *unread]
     return "\n".join(lines)
-
-
-def _readability(name: str, data: dict) -> Readability:
-    return Readability(name, data["responses"], data["empty"], data["unread"],
-                       [(x["question"], x["response"]) for x in data["examples"]])
 
 
 def write_report(report: dict, path: Path) -> None:
@@ -255,4 +250,4 @@ def write_report(report: dict, path: Path) -> None:
 def profile_readability(prof: Profiles) -> list[str]:
     """The validation responses with no readable answer, as profiling counted them (lines to print)."""
     saved = prof.meta.get("readability") or {}
-    return format_readability({n: _readability(n, r) for n, r in saved.items()}, "validation")
+    return format_readability({n: Readability.from_json(r) for n, r in saved.items()}, "validation")

@@ -171,6 +171,11 @@ def weight_files_bytes(folder: Path) -> int:
     return total or sum(f.stat().st_size for f in folder.glob("*.bin"))
 
 
+def model_weights(folder: Path | None, size_gb: float | None = None) -> int | None:
+    """A model's weight bytes: its weight files where the folder has them, else ``size_gb``; None unknown."""
+    return (weight_files_bytes(folder) if folder else 0) or int((size_gb or 0) * GB) or None
+
+
 @dataclass(frozen=True)
 class Footprint:
     """One engine's memory: on the device awake and asleep, and pinned in host memory while asleep."""

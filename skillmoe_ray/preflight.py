@@ -23,8 +23,9 @@ from typing import Any, Literal, Mapping, Sequence
 
 from .config import Config, ExpertConfig
 from .errors import ConfigError
-from .memory import GB, Footprint, ModelShape, footprint, read_json, weight_files_bytes
+from .memory import GB, Footprint, ModelShape, footprint, model_weights, read_json
 from .models import PACKAGED_PREFIX, model_config_folder
+from .serving import devices
 
 Level = Literal["error", "warning"]
 #: engines that put a real model on a device
@@ -165,13 +166,8 @@ def _field(cfg: Config, expert: ExpertConfig) -> str:
 
 
 def _gpu_bytes(cfg: Config, gpu_memory_gb: float | None) -> int | None:
-    if gpu_memory_gb:
-        return int(gpu_memory_gb * GB)
-    if cfg.serving.gpu_memory_gb:
-        return int(cfg.serving.gpu_memory_gb * GB)
-    from .serving.devices import visible_gpu_bytes
-
-    return visible_gpu_bytes()
+    """One GPU's bytes as a worker would learn them (the setting, else the GPU here), or the command's."""
+    return devices.gpu_bytes(1, gpu_memory_gb or cfg.serving.gpu_memory_gb)
 
 
 def check_expert(report: Preflight, cfg: Config, expert: ExpertConfig, configs_dir: str | Path | None,
@@ -242,8 +238,7 @@ def check_expert(report: Preflight, cfg: Config, expert: ExpertConfig, configs_d
                      f"expert {expert.name!r} runs its vLLM engine in the worker's own process with sleep mode on: "
                      "vLLM's CuMem allocator is one per process (device_allocator/cumem.py), so a second expert's "
                      "engine in that worker fails to load. Leave multiprocessing on, or set models_per_worker: 1")
-    weights = weight_files_bytes(folder) or int((expert.size_gb or 0) * GB) or None
-    fp = footprint(args, shape, weights)
+    fp = footprint(args, shape, model_weights(folder, expert.size_gb))
     row.footprint = fp
     if gpu_bytes and sv.gpus_per_worker > 0:
         row.utilization = fp.utilization(gpu_bytes)
@@ -289,7 +284,8 @@ def check_aggregator(report: Preflight, cfg: Config, rows: Mapping[str, ExpertRo
         return
     if not gpu_bytes:
         return
-    budget = sv.aggregator_gpus * gpu_bytes * sv.gpu_memory_fraction / GB
+    budget = devices.models_gb(sv.aggregator_gpus, gpu_bytes, sv.gpu_memory_fraction)
+    assert budget is not None
     report.aggregator_gb = budget
     too_big = [c for c in real if rows[c].footprint.device / GB > budget]  # type: ignore[union-attr]
     if too_big:
@@ -325,7 +321,7 @@ def preflight(cfg: Config, experts: Sequence[ExpertConfig], configs_dir: str | P
     real = [e for e in experts if e.engine in REAL_ENGINES]
     gpu_bytes = _gpu_bytes(cfg, gpu_memory_gb) if sv.gpus_per_worker > 0 and real else None
     report.gpu_bytes = gpu_bytes
-    worker_gb = sv.gpus_per_worker * gpu_bytes * sv.gpu_memory_fraction / GB if gpu_bytes else None
+    worker_gb = devices.models_gb(sv.gpus_per_worker, gpu_bytes, sv.gpu_memory_fraction)
     report.worker_gb = worker_gb
     if real and sv.gpus_per_worker > 0 and not gpu_bytes:
         report.warn("serving.gpu_memory_gb", "no GPU visible here and none set: whether the experts fit is not "

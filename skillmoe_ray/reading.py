@@ -48,6 +48,11 @@ class Readability:
         """Responses with no answer at all, empty or unread."""
         return (self.unread + self.empty) / self.responses if self.responses else 0.0
 
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Readability":
+        return cls(data["expert"], data["responses"], data["empty"], data["unread"],
+                   [(x["question"], x["response"]) for x in data["examples"]])
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["examples"] = [{"question": q, "response": r} for q, r in self.examples]

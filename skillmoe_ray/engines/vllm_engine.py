@@ -301,7 +301,7 @@ class VLLMEngine(Engine):
             # sharing a GPU must each ask for their own. The KV cache is the footprint's, so the engine
             # holds what the residency policy counted. engine_args may override (skillmoe check warns).
             fp = self.footprint() if self.device_bytes else None
-            if fp is not None and self.device_bytes:
+            if fp is not None:
                 kw.setdefault("gpu_memory_utilization", fp.utilization(self.device_bytes))
                 kw.setdefault("kv_cache_memory_bytes", fp.kv)
         return {"model": path, **kw}
@@ -310,7 +310,7 @@ class VLLMEngine(Engine):
         """From the model's config.json (a local folder, a prepared packaged model, the configs folder or
         the hub's cache) and the engine_args; ``size_gb`` or the weight files stand in for the weights."""
         if self._footprint is None:
-            from ..memory import GB, footprint, shape_of_folder, weight_files_bytes
+            from ..memory import footprint, model_weights, shape_of_folder
             from ..models import model_config_folder
 
             folder = model_config_folder(self.model_spec)
@@ -319,10 +319,10 @@ class VLLMEngine(Engine):
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("expert %s: cannot size the model from its config (%s)", self.name, exc)
                 shape = None
-            weights = (weight_files_bytes(folder) if folder else 0) or int((self.size_gb or 0) * GB)
+            weights = model_weights(folder, self.size_gb)
             if shape is None and not weights:
                 return None
-            self._footprint = footprint(self.engine_args, shape, weights or None)
+            self._footprint = footprint(self.engine_args, shape, weights)
         return self._footprint
 
     def load(self) -> None:

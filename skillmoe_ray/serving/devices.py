@@ -86,18 +86,26 @@ def available_host_bytes() -> int:
     return 0
 
 
+def gpu_bytes(gpus: float, gpu_memory_gb: float | None = None) -> int | None:
+    """Bytes of one GPU of a holder of ``gpus`` GPUs: the setting, else the GPU it sees; None without GPUs."""
+    if gpus <= 0:
+        return None
+    return int(gpu_memory_gb * GB) if gpu_memory_gb else visible_gpu_bytes()
+
+
+def models_gb(gpus: float, per_gpu: int | None, gpu_memory_fraction: float) -> float | None:
+    """GB its models may fill of a share of ``gpus`` GPUs of ``per_gpu`` bytes (a fraction: that much of one)."""
+    return per_gpu * gpus * gpu_memory_fraction / GB if per_gpu else None
+
+
 def worker_budget(gpus: float, gpu_memory_gb: float | None = None, gpu_memory_fraction: float = 0.92,
                   models_per_worker: int | None = None, host_budget_gb: float | None = None,
-                  workers_on_node: int = 1, gpu_bytes: int | None = None, host_bytes: int | None = None) -> Budget:
-    """A worker's budgets from its settings and what its node has (``gpu_bytes`` and ``host_bytes``
-    stand in for probing the machine)."""
-    per_gpu = None
-    if gpus > 0:
-        per_gpu = int(gpu_memory_gb * GB) if gpu_memory_gb else (gpu_bytes if gpu_bytes is not None
-                                                                  else visible_gpu_bytes())
-    device_gb = per_gpu * gpus * gpu_memory_fraction / GB if per_gpu else None
+                  workers_on_node: int = 1) -> Budget:
+    """A worker's budgets from its settings and what its node has."""
+    per_gpu = gpu_bytes(gpus, gpu_memory_gb)
+    device_gb = models_gb(gpus, per_gpu, gpu_memory_fraction)
     if host_budget_gb is None:
-        host = host_bytes if host_bytes is not None else available_host_bytes()
+        host = available_host_bytes()
         host_budget_gb = HOST_SHARE * host / max(1, workers_on_node) / GB if host else None
     capacity = models_per_worker or (1 if device_gb is None else 1_000)
     return Budget(capacity, device_gb, host_budget_gb, per_gpu)

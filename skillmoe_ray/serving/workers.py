@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, Hashable, Iterator, Sequence
 
+from ..aggregators import LLMAggregator, is_agreement
 from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..engines.registry import create_engine
@@ -26,7 +27,7 @@ from ..errors import EngineError, SkillMoEError
 from ..tasks import Catalogue, catalogue_or_builtin
 from . import metrics
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step, traits_of
-from .devices import worker_budget
+from .devices import gpu_bytes, worker_budget
 
 #: (item key, request): the key comes back with the item's text
 Item = tuple[Hashable, GenerationRequest]
@@ -267,26 +268,25 @@ class AggregatorWorker:
         self.ranking_by_task = ranking_by_task
         self.weights_by_task = weights_by_task
         self.engine: Engine | None = None
-        self.max_tokens = max_tokens
-        self.skip_when_agreed = skip_when_agreed
+        self.llm: LLMAggregator | None = None
         self.loads = 0
         if llm_expert is not None:
             self.engine = create_engine(ExpertConfig.model_validate(llm_expert), self.catalogue)
             # its engine reserves its own footprint of the GPU it was given (a share of one, beside a worker)
-            self.engine.device_bytes = worker_budget(gpus, gpu_memory_gb).gpu_bytes
+            self.engine.device_bytes = gpu_bytes(gpus, gpu_memory_gb)
             self.engine.load()
             self.loads += 1
+            self.llm = LLMAggregator(self.engine.name, max_tokens, skip_when_agreed)
 
     def aggregate(self, task_name: str, questions: list, answers: list, seed: int) -> list[tuple[str | None, str, str]]:
         from ..execution import LocalExecutor
-        from ..aggregators import LLMAggregator, VoteAggregator, WeightedVoteAggregator
+        from ..aggregators import VoteAggregator, WeightedVoteAggregator
 
         task = self.catalogue.get(task_name)
-        if self.mode == "llm" and self.engine is not None:
-            agg = LLMAggregator(self.engine.name, self.max_tokens, self.skip_when_agreed)
+        if self.mode == "llm" and self.engine is not None and self.llm is not None:
             # its only model: the executor never parks it, so it stays loaded between batches
             self.engine._last_usage = []
-            return agg.aggregate(task, questions, answers, LocalExecutor({self.engine.name: self.engine}), seed)
+            return self.llm.aggregate(task, questions, answers, LocalExecutor({self.engine.name: self.engine}), seed)
         ranking = self.ranking_by_task.get(task_name, [])
         if self.mode == "weighted_vote":
             agg = WeightedVoteAggregator(ranking, self.weights_by_task.get(task_name, {}))
@@ -304,7 +304,7 @@ class AggregatorWorker:
         """The aggregator model's (prompt, completion) tokens of its last call, one pair per merged answer."""
         if self.engine is None or self.mode != "llm":
             return [(0, 0)] * len(merged)
-        asked = [i for i, (_, _, who) in enumerate(merged) if not who.startswith("agreement")]
+        asked = [i for i, (_, _, who) in enumerate(merged) if not is_agreement(who)]
         usage = list(self.engine._last_usage) if asked else []
         if len(usage) != len(asked):  # the engine counted nothing: estimate from the texts
             from ..engines.base import estimate_tokens
@@ -326,10 +326,8 @@ class AggregatorWorker:
         if self.mode != "llm" or self.engine is None:
             yield self.aggregate_with_usage(task_name, [question], [answers], seed)
             return
-        from ..aggregators import LLMAggregator
-
-        pieces = LLMAggregator(self.engine.name, self.max_tokens, self.skip_when_agreed).stream(self.catalogue.get(task_name), question,
-                                                                         answers, self.engine, seed)
+        assert self.llm is not None
+        pieces = self.llm.stream(self.catalogue.get(task_name), question, answers, self.engine, seed)
         while True:
             try:
                 piece = next(pieces)
