@@ -104,6 +104,8 @@ class _WorkerView:
     #: the queued jobs' predicted seconds from measured times (their deadlines are counted from this)
     predicted_s: float = 0.0
     inflight: int = 0
+    #: jobs sent so far (the last one sent reports the worker's state after all of them)
+    sent: int = 0
     #: residency predicted by the planner, summed over every job sent
     predicted_loads: int = 0
     predicted_wakes: int = 0
@@ -244,11 +246,13 @@ class Scheduler:
                 view.inflight += 1
                 deadline = self.job_timeout_min_s + self.job_timeout_factor * view.predicted_s
                 ref = self.workers[wid].run_job.remote(e, part, sampling, names[i + 1:])
-                futures.append(asyncio.ensure_future(self._job(wid, e, part, ref, seconds, deadline, predicted)))
+                view.sent += 1
+                futures.append(asyncio.ensure_future(self._job(wid, e, part, ref, seconds, deadline, predicted,
+                                                               view.sent)))
         return futures
 
     async def _job(self, wid: int, expert: str, items: list[Item], ref: Any, seconds: float,
-                   deadline_s: float = 1e9, predicted_s: float = 0.0) -> tuple:
+                   deadline_s: float = 1e9, predicted_s: float = 0.0, index: int = 0) -> tuple:
         view = self.views[wid]
         assert view.lost is not None
         lost = asyncio.ensure_future(view.lost.wait())
@@ -285,7 +289,9 @@ class Scheduler:
             if result.get("failed"):
                 self.unhealthy.update(result["failed"])
                 metrics.unhealthy(len(self.unhealthy))
-            if view.inflight == 0:  # nothing queued: the worker's own account is the truth
+            # nothing queued: the worker's own account is the truth. Only the last job sent has it: an earlier
+            # job's report can arrive after the last one's (both in one turn of the loop), with an older state
+            if view.inflight == 0 and index == view.sent:
                 self.adopt([result["state"]])
         return expert, items, result
 
