@@ -518,7 +518,7 @@ class SkillMoEIngress:
             "tasks": list(self.pipelines),
             "routing": self.cfg.routing.strategy,
             "served": state["served"],
-            "batches": state["batches"],
+            "queued": state["queued"],
             "pending": state["pending"],
             "workers_alive": len(state["alive"]),
             "scheduler_node": state["node_id"],
