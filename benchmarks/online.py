@@ -125,6 +125,8 @@ def sim_deployment(config: str, fitted, scale: float, workers: int, cpus_per_wor
     raw.setdefault("serving", {}).update(workers=workers, gpus_per_worker=1, models_per_worker=1,
                                          host_budget_gb=SIM_HOST_GB_PER_WORKER, cpus_per_worker=cpus_per_worker,
                                          tasks=[TASK], batch_window_s=window if wall_window else window * scale)
+    if "max_wait_s" in ServingConfig.model_fields:  # continuous scheduling's aging bound, in simulated seconds
+        raw["serving"]["max_wait_s"] = raw["serving"].get("max_wait_s", ServingConfig().max_wait_s) * scale
     raw["state_dir"] = sim_state_dir()  # absolute: the profiles latency.py builds and uses
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw
@@ -370,8 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers, "cpus_per_worker": args.cpus_per_worker, "host_budget_gb": SIM_HOST_GB_PER_WORKER,
         "fitted": constants, "aggregator": s["aggregator"], "aggregator_actor": agg,
         "serving": {k: getattr(sv, k) for k in ("batch_window_s", "max_batch_size", "max_concurrent_batches",
-                                                "max_pending", "request_timeout_s", "aggregator_timeout_s",
-                                                "aggregator_gpus", "prefetch")},
+                                                "join_limit", "max_wait_s", "max_pending", "request_timeout_s",
+                                                "aggregator_timeout_s", "aggregator_gpus", "prefetch")
+                    if hasattr(sv, k)},
         "batch_window_wall_s": sv.batch_window_s, "client_timeout_s": timeout_s, "keep_up_share": KEEP_UP,
         "highest_sustained_pct": best, "highest_sustained_rate": best_rate,
         "idle": idle, "rows": rows, "pool": {k: v for k, v in pool_info.items() if k != "aggregators"},
