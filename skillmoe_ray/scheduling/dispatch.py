@@ -100,8 +100,11 @@ class Decision:
 
 
 def decide(queues: Sequence[Queue], workers: Sequence[WorkerView], limits: Limits,
-           policy: Policy = Policy()) -> Decision:
-    """What to start now. ``workers`` are the live ones; queues with no prompts are ignored."""
+           policy: Policy = Policy(), upcoming: Sequence[str] = ()) -> Decision:
+    """What to start now. ``workers`` are the live ones; queues with no prompts are ignored.
+
+    ``upcoming`` is the scheduler's guess at what will be needed next (:func:`expected_order`): the
+    residency step parks what it names rather than freeing it, and prefetches the first it lacks."""
     left = {q.expert: q.count for q in queues if q.count > 0}
     age = {q.expert: q.oldest_s for q in queues}
     running = {w.wid: dict(w.running) for w in workers}
@@ -114,6 +117,9 @@ def decide(queues: Sequence[Queue], workers: Sequence[WorkerView], limits: Limit
         while left[expert] > 0 and holders:
             w = min(holders, key=lambda h: (running[h.wid].get(expert, 0), h.wid))
             load = running[w.wid].get(expert, 0)
+            if not any(running[w.wid].values()) and left[expert] > 1 and \
+                    _cheap_copies(expert, [i for i in idle if i.wid != w.wid], running, limits, upcoming):
+                break  # idle, and other idle workers hold it cheaply: rule 2 spreads the prompts over them
             spare_idle = [i for i in idle if i.wid != w.wid and not i.holds(expert)]
             if load >= policy.join_limit and spare_idle:
                 room = 0  # a copy on an idle worker serves the rest faster than a crowded one
@@ -136,7 +142,7 @@ def decide(queues: Sequence[Queue], workers: Sequence[WorkerView], limits: Limit
         best: tuple | None = None
         for e in candidates:
             for w in idle:
-                st = step(w.tiers.copy(), e, [], limits)
+                st = step(w.tiers.copy(), e, list(upcoming), limits)
                 if any(running[w.wid].get(v, 0) for _, v in st.evictions):
                     continue
                 aged = age.get(e, 0.0) >= policy.max_wait_s
@@ -147,10 +153,17 @@ def decide(queues: Sequence[Queue], workers: Sequence[WorkerView], limits: Limit
         if best is None:
             break
         _, w, e, bring = best
-        out.sends.append(Send(w.wid, e, left[e], bring))
+        idle.remove(w)
+        # several prompts: other idle workers that hold the expert or wake it from host memory take a share
+        # (a wake costs a host-to-device copy, a small part of a generation; a cold load does not pay)
+        helpers = _cheap_copies(e, idle, running, limits, upcoming)[:max(0, left[e] - 1)] if bring != "load" else []
+        shares = _split(left[e], 1 + len(helpers))
+        out.sends.append(Send(w.wid, e, shares[0], bring))
+        for (h, b), n in zip(helpers, shares[1:]):
+            out.sends.append(Send(h.wid, e, n, b))
+            idle.remove(h)
         left[e] = 0
         candidates.remove(e)
-        idle.remove(w)
 
     # 3. drain: aged work with no idle worker to take it empties the least busy worker
     aged = [e for e in left if left[e] > 0 and age.get(e, 0.0) >= policy.max_wait_s and e not in being_brought]
@@ -163,12 +176,38 @@ def decide(queues: Sequence[Queue], workers: Sequence[WorkerView], limits: Limit
     return out
 
 
-def predicted_bring(tiers: Tiers, expert: str, limits: Limits) -> tuple[Bring, Tiers]:
+def _cheap_copies(expert: str, idle: Sequence[WorkerView], running: Mapping[int, Mapping[str, int]],
+                  limits: Limits, upcoming: Sequence[str]) -> list[tuple[WorkerView, Bring]]:
+    """Idle workers that hold ``expert`` or can wake it, without displacing anything running."""
+    out = []
+    for w in idle:
+        st = step(w.tiers.copy(), expert, list(upcoming), limits)
+        if st.bring != "load" and not any(running[w.wid].get(v, 0) for _, v in st.evictions):
+            out.append((w, st.bring))
+    return sorted(out, key=lambda p: (_BRING_ORDER[p[1]], p[0].wid))
+
+
+def _split(n: int, parts: int) -> list[int]:
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def predicted_bring(tiers: Tiers, expert: str, limits: Limits, upcoming: Sequence[str] = ()) -> tuple[Bring, Tiers]:
     """What bringing ``expert`` to a worker holding ``tiers`` costs, and what it holds after (the worker
-    applies the same step)."""
+    applies the same step with the same ``upcoming``)."""
     t = tiers.copy()
-    st = step(t, expert, [], limits)
+    st = step(t, expert, list(upcoming), limits)
     return st.bring, t
+
+
+def expected_order(waiting: Mapping[str, Sequence[float]], demand: Mapping[str, float],
+                   names: Sequence[str]) -> list[str]:
+    """What the pool will most likely need next, first to last: queued experts (longest waiting first),
+    then every other expert by how often it has been asked for. Online there is no plan to read the
+    future from; this is the residency policy's stand-in for one, so that an evicted model that will be
+    asked for again is parked rather than freed, and the most likely next one is prefetched."""
+    queued = sorted((e for e, ts in waiting.items() if ts), key=lambda e: min(waiting[e]))
+    rest = sorted((e for e in names if e not in queued), key=lambda e: (-demand.get(e, 0.0), names.index(e)))
+    return queued + rest
 
 
 def queues_of(waiting: Mapping[str, Sequence[float]], now: float) -> list[Queue]:

@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, Hashable, Mapping, Sequence
 from ..engines.base import GenerationRequest, SamplingSettings
 from ..errors import EngineError
 from ..execution import ExpertPlan
-from ..scheduling.dispatch import Policy, WorkerView, decide, predicted_bring, queues_of
+from ..scheduling.dispatch import Policy, WorkerView, decide, expected_order, predicted_bring, queues_of
 from ..scheduling.planner import Assignment, Costs, WorkerState, plan_grouped
 from ..scheduling.residency import Limits
 from ..scheduling.timing import JobTimes
@@ -198,7 +198,8 @@ class Scheduler:
                            views[w].bringing or ("(planned jobs)" if views[w].planned else None), views[w].draining)
                 for w in alive]
         now = time.perf_counter()
-        decision = decide(queues_of(waiting, now), seen, self.limits, self.policy)
+        upcoming = expected_order(waiting, self.usage, self.expert_names)
+        decision = decide(queues_of(waiting, now), seen, self.limits, self.policy, upcoming)
         for wid in decision.drain:
             views[wid].draining = True
         for send in decision.sends:
@@ -213,14 +214,15 @@ class Scheduler:
             if send.bring == "resident":
                 asyncio.ensure_future(self._generate(send.wid, send.expert, slots))
             else:
-                bring, v.tiers = predicted_bring(v.tiers, send.expert, self.limits)
+                bring, v.tiers = predicted_bring(v.tiers, send.expert, self.limits, upcoming)
                 v.predict(bring)
                 v.bringing, v.draining = send.expert, False
-                asyncio.ensure_future(self._bring_then_generate(send.wid, send.expert, bring, slots))
+                asyncio.ensure_future(self._bring_then_generate(send.wid, send.expert, bring, slots, upcoming))
 
-    async def _bring_then_generate(self, wid: int, expert: str, bring: str, slots: list[Slot]) -> None:
+    async def _bring_then_generate(self, wid: int, expert: str, bring: str, slots: list[Slot],
+                                   upcoming: list[str]) -> None:
         v = self.pool.views[wid]
-        report = await self.pool.call(wid, "bring", (expert,), expert, self.times.bring_s(expert, bring))
+        report = await self.pool.call(wid, "bring", (expert, upcoming), expert, self.times.bring_s(expert, bring))
         v.bringing = None
         if isinstance(report, BaseException) or report.failed:
             v.running[expert] -= len(slots)

@@ -119,10 +119,11 @@ class ExpertWorker:
 
     # ------------------------------------------------------------------ continuous
 
-    def bring(self, name: str) -> BringReport:
-        """Bring one model in (evicting by the residency policy, knowing nothing of what comes next)."""
+    def bring(self, name: str, upcoming: Sequence[str] = ()) -> BringReport:
+        """Bring one model in, evicting by the residency policy with the scheduler's guess at what comes
+        next (it parks what will be asked for again, and prefetches the likeliest next model)."""
         t0 = time.perf_counter()
-        st, why = self._bring(name, [])
+        st, why = self._bring(name, list(upcoming))
         if why is not None:
             return BringReport(name, "load", time.perf_counter() - t0, self.state(), failed=why)
         assert st is not None
