@@ -243,15 +243,18 @@ class Scheduler:
         await self._generate(wid, expert, slots)
 
     async def _generate(self, wid: int, expert: str, slots: list[Slot]) -> None:
-        """Run slots on a model the worker holds (one call per sampling setting), then answer what is done."""
+        """Run slots on a model the worker holds, one call per question: the calls run at once on its engine
+        (continuous batching), and each returns when its own question's prompts are done, not when the
+        longest of everyone's is."""
         v = self.pool.views[wid]
-        by_sampling: dict[SamplingSettings, list[Slot]] = {}
+        by_question: dict[int, list[Slot]] = {}
         for s in slots:
-            by_sampling.setdefault(s.q.work.sampling, []).append(s)
+            by_question.setdefault(s.q.id, []).append(s)
         for s in slots:
             s.q.emit({"stage": "experts", "done": len(s.q.answers), "of": len(s.q.experts)})
 
-        async def one(sampling: SamplingSettings, part: list[Slot]) -> None:
+        async def one(part: list[Slot]) -> None:
+            sampling = part[0].q.work.sampling
             items = [(s.key, s.q.work.request) for s in part]
             metrics.batch(len(items))
             predicted = self.times.predict(expert, "resident", sampling.max_tokens)
@@ -269,7 +272,7 @@ class Scheduler:
                 self._collect(expert, part, report)
             self._kick()
 
-        await asyncio.gather(*[one(sm, part) for sm, part in by_sampling.items()])
+        await asyncio.gather(*[one(part) for part in by_question.values()])
 
     def _requeue(self, slots: list[Slot], count: bool = True) -> None:
         """Slots whose worker was lost go back to the front of their queue (a bounded number of times)."""

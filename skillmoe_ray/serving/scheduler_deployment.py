@@ -25,7 +25,7 @@ from ..profiles import Profiles
 from ..aggregators import log_odds_weights
 from ..tasks import Catalogue, Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
-from .builders import AppSpec
+from .app_spec import AppSpec
 from ..scheduling.dispatch import Policy
 from .scheduler import Scheduler, Work, _await, limits_for
 
