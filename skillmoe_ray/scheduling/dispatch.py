@@ -19,7 +19,8 @@ back):
    or more is brought to an idle worker too (a second copy), rather than
    slowing every prompt on the first.
 3. **Drain.** When a prompt has waited ``max_wait_s`` and no worker is idle to
-   bring its expert, the busy worker running the fewest prompts is drained:
+   bring its expert, a busy worker is drained (one whose experts have other
+   copies, then the one that should be empty soonest):
    nothing more joins it, so it is idle as soon as its prompts are done, and
    then rule 2 gives it the oldest work. Aging bounds every wait.
 
@@ -65,6 +66,8 @@ class WorkerView:
     bringing: str | None = None
     #: takes no new joins: it is being emptied for older work
     draining: bool = False
+    #: seconds until what it runs now should be done (from measured call times; 0: unknown or idle)
+    free_in_s: float = 0.0
 
     @property
     def busy(self) -> bool:
@@ -171,7 +174,13 @@ def decide(queues: Sequence[Queue], workers: Sequence[WorkerView], limits: Limit
         busy = [w for w in workers if w.bringing is None and not w.draining
                 and not any(s.wid == w.wid and s.bring != "resident" for s in out.sends)]
         if busy:
-            w = min(busy, key=lambda v: (sum(running[v.wid].values()), v.wid))
+            def copies(e: str) -> int:
+                return sum(1 for v in workers if v.holds(e))
+
+            # the one whose experts are all held elsewhere too (their prompts still have a place to go),
+            # then the one that should be empty soonest
+            w = min(busy, key=lambda v: (any(copies(e) < 2 for e, n in running[v.wid].items() if n > 0),
+                                         v.free_in_s, sum(running[v.wid].values()), v.wid))
             out.drain.append(w.wid)
     return out
 

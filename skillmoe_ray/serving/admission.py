@@ -82,6 +82,19 @@ class Open:
     def answers_in_order(self) -> list[ExpertAnswer]:
         return [self.answers[s] for s in range(len(self.experts))]
 
+    def record(self, merged: tuple[str | None, str, str], tokens: tuple[int, int], aggregate_s: float) -> dict:
+        """The answer record (the HTTP response's ``/v1/solve`` body and the chat API's ``skillmoe`` field
+        are made from it): the answer, who gave it, every expert's answer, tokens and stage timings."""
+        (answer, response, who), (ap, ac) = merged, tokens
+        return {
+            "answer": answer, "response": response, "experts": list(self.experts),
+            "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in self.answers_in_order()],
+            "aggregator": who, "task": self.work.question.task,
+            "usage": {"prompt_tokens": self.prompt_tokens + ap, "completion_tokens": self.completion_tokens + ac},
+            "timings": {"queue": self.dispatched - self.admitted, "experts": self.experts_done - self.dispatched,
+                        "aggregate": aggregate_s},
+        }
+
 
 #: one expert slot of an open question, waiting on its expert's queue since ``at``
 @dataclass
@@ -157,6 +170,26 @@ class Admission:
             if s.q.live:
                 out.append(s)
         return out
+
+    def substitute(self, slots: list[Slot], unhealthy: dict[str, str], names: list[str], attempts: int) -> None:
+        """Slots whose expert failed to load: each to the best-ranked healthy expert its question lacks, back
+        on that expert's queue; a question asked of one expert by name, or out of attempts, fails."""
+        for s in slots:
+            q = s.q
+            q.attempts += 1
+            if q.work.direct:
+                q.fail(EngineError(f"expert {q.experts[s.slot]} is out of service: "
+                                   f"{unhealthy.get(q.experts[s.slot], 'load failed')}"))
+                continue
+            if q.attempts > attempts * len(q.experts):
+                q.fail(EngineError(f"experts kept failing to load: {describe_unhealthy(unhealthy)}"))
+                continue
+            try:
+                q.experts = substitute(q.experts, s.slot, q.work.ranking, names, unhealthy)
+            except EngineError as exc:
+                q.fail(exc)
+                continue
+            self.enqueue([Slot(q, s.slot)])
 
     def waiting(self) -> dict[str, list[float]]:
         """Each expert's queued slots' enqueue times (dropped questions pruned)."""

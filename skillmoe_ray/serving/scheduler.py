@@ -29,7 +29,7 @@ from ..engines.base import GenerationRequest, SamplingSettings
 from ..errors import EngineError
 from ..execution import ExpertPlan
 from ..scheduling.dispatch import Policy, WorkerView, decide, expected_order, predicted_bring, queues_of
-from ..scheduling.planner import Assignment, Costs, WorkerState, plan_grouped
+from ..scheduling.planner import Assignment, Costs
 from ..scheduling.residency import Limits
 from ..scheduling.timing import JobTimes
 from ..solution import ExpertAnswer
@@ -194,10 +194,11 @@ class Scheduler:
                     s.q.fail(err)
             return
         views = self.pool.views
-        seen = [WorkerView(w, views[w].tiers, dict(views[w].running),
-                           views[w].bringing or ("(planned jobs)" if views[w].planned else None), views[w].draining)
-                for w in alive]
         now = time.perf_counter()
+        seen = [WorkerView(w, views[w].tiers, dict(views[w].running),
+                           views[w].bringing or ("(planned jobs)" if views[w].planned else None), views[w].draining,
+                           self._free_in(w, now))
+                for w in alive]
         upcoming = expected_order(waiting, self.usage, self.expert_names)
         decision = decide(queues_of(waiting, now), seen, self.limits, self.policy, upcoming)
         for wid in decision.drain:
@@ -218,6 +219,11 @@ class Scheduler:
                 v.predict(bring)
                 v.bringing, v.draining = send.expert, False
                 asyncio.ensure_future(self._bring_then_generate(send.wid, send.expert, bring, slots, upcoming))
+
+    def _free_in(self, wid: int, now: float) -> float:
+        """Seconds until the worker's running calls should be done, from each expert's measured call time."""
+        starts = self.pool.views[wid].started
+        return max((t + self.times.call_s(e) - now for e, t in starts.values()), default=0.0)
 
     async def _bring_then_generate(self, wid: int, expert: str, bring: str, slots: list[Slot],
                                    upcoming: list[str]) -> None:
@@ -258,7 +264,12 @@ class Scheduler:
             items = [(s.key, s.q.work.request) for s in part]
             metrics.batch(len(items))
             predicted = self.times.predict(expert, "resident", sampling.max_tokens)
-            report = await self.pool.call(wid, "generate", (expert, items, sampling), expert, predicted)
+            token = object()
+            v.started[token] = (expert, time.perf_counter())
+            try:
+                report = await self.pool.call(wid, "generate", (expert, items, sampling), expert, predicted)
+            finally:
+                v.started.pop(token, None)
             v.running[expert] -= len(part)
             if isinstance(report, WorkerLost):
                 self._requeue(part)
@@ -287,23 +298,7 @@ class Scheduler:
 
     def _substitute(self, slots: list[Slot]) -> None:
         """Slots of an expert that failed to load go to the best-ranked healthy expert their question lacks."""
-        for s in slots:
-            q = s.q
-            q.attempts += 1
-            if q.work.direct:
-                q.fail(EngineError(f"expert {q.experts[s.slot]} is out of service: "
-                                   f"{self.unhealthy.get(q.experts[s.slot], 'load failed')}"))
-                continue
-            if q.attempts > self.attempts * len(q.experts):
-                q.fail(EngineError(f"experts kept failing to load: "
-                                   + "; ".join(f"{e}: {w}" for e, w in self.unhealthy.items())))
-                continue
-            try:
-                q.experts = substitute(q.experts, s.slot, q.work.ranking, self.expert_names, self.unhealthy)
-            except EngineError as exc:
-                q.fail(exc)
-                continue
-            self.admission.enqueue([Slot(q, s.slot)])
+        self.admission.substitute(slots, self.unhealthy, self.expert_names, self.attempts)
 
     @staticmethod
     def _fail(slots: list[Slot], exc: BaseException, expert: str) -> None:
@@ -373,18 +368,10 @@ class Scheduler:
         """The question's answer record, from its experts' answers and the aggregator's (started at ``t0``)."""
         if not q.live:
             return
-        (answer, response, who), (ap, ac) = merged, tokens
         self.usage.update(q.experts)
         self.served += 1
-        metrics.answered(q.experts, q.prompt_tokens + ap, q.completion_tokens + ac)
-        q.future.set_result({
-            "answer": answer, "response": response, "experts": list(q.experts),
-            "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in q.answers_in_order()],
-            "aggregator": who, "task": q.work.question.task,
-            "usage": {"prompt_tokens": q.prompt_tokens + ap, "completion_tokens": q.completion_tokens + ac},
-            "timings": {"queue": q.dispatched - q.admitted, "experts": q.experts_done - q.dispatched,
-                        "aggregate": time.perf_counter() - t0},
-        })
+        metrics.answered(q.experts, q.prompt_tokens + tokens[0], q.completion_tokens + tokens[1])
+        q.future.set_result(q.record(merged, tokens, time.perf_counter() - t0))
 
     async def aggregate(self, task_name: str, questions: Sequence[Question], answers: Sequence[Sequence[ExpertAnswer]],
                         seed: int, rankings: Sequence[Sequence[str]] | None = None) -> list[tuple[str | None, str, str]]:

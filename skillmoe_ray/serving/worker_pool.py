@@ -38,6 +38,8 @@ class WorkerView:
     #: calls in flight, and prompts generating per expert
     inflight: int = 0
     running: Counter = field(default_factory=Counter)
+    #: each generate call in flight: (expert, when it was sent)
+    started: dict = field(default_factory=dict)
     #: the model being brought in, if any; drained: takes no new joins (older work waits for it)
     bringing: str | None = None
     draining: bool = False
@@ -162,6 +164,7 @@ class WorkerPool:
         view.lost_since = time.perf_counter()
         view.tiers = Tiers()  # whatever it held is gone or unknown; it reports again when it is back
         view.running.clear()
+        view.started.clear()
         view.bringing, view.draining = None, False
         view.planned.clear()
         if view.lost is not None:
