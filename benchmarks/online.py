@@ -107,7 +107,7 @@ def planner_capacity(workers: int = 4) -> float | None:
 
 
 def sim_deployment(config: str, fitted, scale: float, workers: int, cpus_per_worker: float, path: Path,
-                   wall_window: bool = False) -> dict:
+                   wall_window: bool = False, overrides: dict | None = None) -> dict:
     """The deployment file served: ``config`` with real-clock scaled experts fitted to Table 6, one worker per
     logical GPU holding one model, and a simulated GPU server's host memory; written to ``path``. The batching
     window is the config's in simulated seconds (x ``scale`` in wall seconds) unless ``wall_window``."""
@@ -125,6 +125,10 @@ def sim_deployment(config: str, fitted, scale: float, workers: int, cpus_per_wor
     raw.setdefault("serving", {}).update(workers=workers, gpus_per_worker=1, models_per_worker=1,
                                          host_budget_gb=SIM_HOST_GB_PER_WORKER, cpus_per_worker=cpus_per_worker,
                                          tasks=[TASK], batch_window_s=window if wall_window else window * scale)
+    if "max_wait_s" in ServingConfig.model_fields:  # continuous scheduling's aging bound, in simulated seconds
+        raw["serving"]["max_wait_s"] = raw["serving"].get("max_wait_s", ServingConfig().max_wait_s) * scale
+    for key, value in (overrides or {}).items():  # --serving key=value (seconds in simulated seconds)
+        raw["serving"][key] = value * scale if key.endswith("_s") and key != "batch_window_s" else value
     raw["state_dir"] = sim_state_dir()  # absolute: the profiles latency.py builds and uses
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return raw
@@ -234,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=None, help="client timeout per request, wall seconds "
                     "(default: the server's serving.request_timeout_s + 60)")
+    ap.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
+                    help="a serving setting of the deployment, e.g. join_limit=8 (a *_s one in simulated seconds)")
     ap.add_argument("--wall-window", action="store_true", help="keep the config's batching window "
                     "(serving.batch_window_s, 50 ms) in wall seconds; by default it is simulated seconds, "
                     "x --scale on the wall clock, as the server on a real pool would wait")
@@ -267,13 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     from skillmoe_ray.config import load_config
     from skillmoe_ray.serving.local import init_ray, start_serving, stop_serving
 
+    import yaml
+
     rows: list[dict] = []
     idle: dict[str, Any] = {}
     pool_info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "paper-scale-sim-online.yaml"
         raw = sim_deployment(args.config, fitted, scale, args.workers, args.cpus_per_worker, cfg_path,
-                             args.wall_window)
+                             args.wall_window, {k: yaml.safe_load(v) for k, v in
+                                                (kv.split("=", 1) for kv in args.serving)})
         cfg = load_config(cfg_path)
         sv = cfg.serving
         timeout_s = args.timeout or sv.request_timeout_s + 60
@@ -370,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers, "cpus_per_worker": args.cpus_per_worker, "host_budget_gb": SIM_HOST_GB_PER_WORKER,
         "fitted": constants, "aggregator": s["aggregator"], "aggregator_actor": agg,
         "serving": {k: getattr(sv, k) for k in ("batch_window_s", "max_batch_size", "max_concurrent_batches",
-                                                "max_pending", "request_timeout_s", "aggregator_timeout_s",
-                                                "aggregator_gpus", "prefetch")},
+                                                "join_limit", "max_wait_s", "max_pending", "request_timeout_s",
+                                                "aggregator_timeout_s", "aggregator_gpus", "prefetch")
+                    if hasattr(sv, k)},
         "batch_window_wall_s": sv.batch_window_s, "client_timeout_s": timeout_s, "keep_up_share": KEEP_UP,
         "highest_sustained_pct": best, "highest_sustained_rate": best_rate,
         "idle": idle, "rows": rows, "pool": {k: v for k, v in pool_info.items() if k != "aggregators"},

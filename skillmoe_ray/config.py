@@ -275,11 +275,14 @@ class ServingConfig(_Strict):
     #: actor that asks for none no GPU of its own, and its engine would take a worker's); a fraction
     #: shares a GPU with a worker, whose budget is then that much smaller (gpus_per_worker < 1)
     aggregator_gpus: float = Field(default=0, ge=0)
+    #: the ingress replicas' skill-extraction batches: how long one waits to fill, and its largest size
     batch_window_s: float = Field(default=0.05, ge=0)
     max_batch_size: int = Field(default=64, ge=1)
-    #: expert micro-batches in flight at once in the scheduler (formed across all ingress replicas):
-    #: the next batch's experts start while this one's slowest jobs finish
-    max_concurrent_batches: int = Field(default=2, ge=1)
+    #: continuous scheduling (scheduling/dispatch.py): prompts of one expert a worker runs before an idle
+    #: worker is given a copy of that expert rather than more joining it ...
+    join_limit: int = Field(default=4, ge=1)
+    #: ... and how long a queued prompt may wait before it goes first and drains a busy worker for it
+    max_wait_s: float = Field(default=60.0, gt=0)
     #: run the ingress replicas and the scheduler on the head node, so that losing a (GPU) worker node
     #: loses workers only, never the requests the control plane holds; off: anywhere Ray places them
     control_on_head: bool = True

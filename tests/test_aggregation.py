@@ -84,7 +84,7 @@ def test_every_aggregation_mode_of_the_config_has_a_registered_aggregator():
 def test_aggregator_worker_streams_what_it_would_answer_whole():
     """The aggregator actor's class in-process: the LLM aggregator's stream is its text as it comes, then the
     record the non-streaming call gives for it; a vote streams only that record."""
-    from skillmoe_ray.serving.workers import AggregatorWorker
+    from skillmoe_ray.serving.aggregator_worker import AggregatorWorker
     from skillmoe_ray.solution import ExpertAnswer
     from skillmoe_ray.tasks import Question
 

@@ -48,8 +48,7 @@ def fault_app(served_recorded, state_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tight_app(served_recorded, state_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("tight")
-    cfg = sim_config(d / "tight.yaml", "tight", max_pending=3, request_timeout_s=1.0, max_batch_size=1,
-                     max_concurrent_batches=1)
+    cfg = sim_config(d / "tight.yaml", "tight", max_pending=3, request_timeout_s=1.0, max_batch_size=1)
     deploy(cfg, "tight", state_dir)
     yield served_recorded + "/tight"
     from ray import serve

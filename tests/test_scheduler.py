@@ -100,7 +100,7 @@ def test_a_question_with_resident_experts_returns_before_a_slow_one_of_the_same_
         budgets = ray.get([h.budgets.remote() for h in workers])
         limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
         cost = CostModel(load_s={"fast": 2.0, "slow": 2.0}, default_per_prompt_s=0.01)
-        sched = Scheduler(workers, limits, cost, {"GPQA": agg}, {"GPQA": "vote"}, batch_window_s=0.3)
+        sched = Scheduler(workers, limits, cost, {"GPQA": agg}, {"GPQA": "vote"})
         ex = RayExecutor(sched)
         warm = {"fast": [(0, 0, GenerationRequest.user("warm", key="GPQA/test/0"))]}
         ex.run(warm, SamplingSettings())  # "fast" is now resident on the worker
@@ -124,8 +124,7 @@ def test_a_question_with_resident_experts_returns_before_a_slow_one_of_the_same_
             return results, done
 
         (slow_r, fast_r), done = ex.call(race())
-        # both in one micro-batch, and the slow one's load came after the fast one's answers
-        assert slow_r["timings"]["batch_size"] == fast_r["timings"]["batch_size"] == 2.0
+        # the fast one joined its resident expert at once; the slow one's load came after the fast one's answers
         assert fast_r["experts"] == ["fast"] * 3 and slow_r["experts"] == ["slow"] * 3
         assert done["fast"] < 1.0 and done["slow"] >= 2.0, done
         assert fast_r["aggregator"] == "vote"
@@ -202,7 +201,10 @@ def test_losing_an_ingress_replica_under_load_keeps_the_pool(served_recorded, st
         while time.time() < deadline and len(_replicas("two", "SkillMoEIngress")) < 2:
             time.sleep(0.5)
         after = _pool_pids(url)
-        assert after == before
+        # the same worker and aggregator processes (a restarted one would count its loads from 0 again);
+        # continuous scheduling may have brought an expert to a second worker meanwhile
+        assert {w: p for w, (p, _) in after[0].items()} == {w: p for w, (p, _) in before[0].items()}
+        assert all(after[0][w][1] >= before[0][w][1] for w in before[0]) and after[1] == before[1]
         with ThreadPoolExecutor(16) as pool:
             later = list(pool.map(lambda t: post(f"{url}/v1/solve", {"question": t}, timeout=60)[0], texts[700:764]))
         assert later == [200] * 64
@@ -268,7 +270,7 @@ def streaming_pool(ray_cluster):
     budgets = ray.get([h.budgets.remote() for h in workers])
     limits = limits_for(ray.get(workers[0].traits.remote()), budgets, False)
     sched = Scheduler(workers, limits, CostModel(load_s={"e1": 0.0, "e2": 0.0}, default_per_prompt_s=0.01),
-                      {"GPQA": new_aggregator()}, {"GPQA": "writer"}, batch_window_s=0.01, aggregate_timeout_s=20)
+                      {"GPQA": new_aggregator()}, {"GPQA": "writer"}, aggregate_timeout_s=20)
     ex = RayExecutor(sched)
     yield ex, new_aggregator
     ex.close()

@@ -119,3 +119,46 @@ def test_stream_spreads_the_answer_over_its_modelled_time():
     # a served request (no data-set key) is answered by its prompt: the same question, the same answer
     other = GenerationRequest.user("a question that is not in any data set", key="GPQA/request/8")
     assert e.generate([other], sampling) == [whole]
+
+
+def test_calls_that_overlap_share_decode_steps_and_a_lone_call_takes_its_batch_time():
+    """Continuous batching on a real clock (scaled): one call alone takes what the batch formula says;
+    ten single prompts arriving 5 simulated seconds apart finish together far sooner than one after another,
+    each slower than alone (every running sequence adds its reads to a step)."""
+    import threading
+    import time
+
+    from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+    from skillmoe_ray.engines.simulated import Clock, CostConstants, SimulatedEngine, SimulatedSpec
+
+    consts = CostConstants(load_fixed_s=0.0, step_fixed_s=0.0038, out_tokens=7000, cap_tokens=32768,
+                           kv_tokens=200000, kv_s_per_token=8.5e-8, prefill_s_per_token=6e-5)
+    scale = 0.002
+    e = SimulatedEngine("r1", SimulatedSpec(size_gb=16, constants=consts), Clock(virtual=False, scale=scale))
+    e.load()
+    sampling = SamplingSettings(max_tokens=32768)
+    one = [GenerationRequest.user("q")]
+    alone = e._batch_s(one, sampling)
+    t0 = time.perf_counter()
+    e.generate(one, sampling)
+    took = (time.perf_counter() - t0) / scale
+    assert alone * 0.97 < took < alone * 1.1 + 2.0, (took, alone)
+
+    each: list[float] = []
+
+    def later(i: int) -> None:
+        time.sleep(5 * i * scale)
+        start = time.perf_counter()
+        e.generate([GenerationRequest.user(f"q{i}")], sampling)
+        each.append((time.perf_counter() - start) / scale)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=later, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    total = (time.perf_counter() - t0) / scale
+    assert e._decode.peak >= 5 and len(each) == 10
+    assert total < 0.5 * 10 * alone, (total, alone)  # not one after another
+    assert min(each) > alone, each  # sharing a step costs each a little

@@ -587,7 +587,7 @@ def test_a_worker_parks_and_wakes_experts_on_one_gpu_as_the_residency_policy_say
     parked, pinned = [], []
     for i, name in enumerate(order):  # told what comes next, the policy parks a model it will need again
         r = w.run_job(name, [("k", req)], SamplingSettings(max_tokens=64, seed=0), order[i + 1:])
-        assert not r["failed"] and "k" in r["texts"], r
+        assert not r.failed and "k" in r.texts, r
         parked.append(w.parked())
         pinned.append(_ledger().host_used())
     assert (w.loads, w.wakes) == (2, 2)

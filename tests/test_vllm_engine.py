@@ -196,6 +196,36 @@ def test_stream_yields_the_text_generate_gives_step_by_step(prepared, name):
 
 @needs_vllm
 @pytest.mark.slow
+def test_a_prompt_from_another_thread_joins_the_running_batch(prepared):
+    """Continuous batching: a second caller's prompt, sent while the first caller's is generating, runs in
+    the same engine steps (both requests in the engine at once) and gets the text it gets alone."""
+    import threading
+
+    e = _engine("smollm2-135m", prepared["smollm2-135m"])
+    e.load()
+    try:
+        long = SamplingSettings(temperature=0.7, max_tokens=600, seed=5)
+        other = GenerationRequest.user("Name three rivers of Europe.")
+        alone = e.generate([other], GREEDY)
+        first: list[str] = []
+        story = GenerationRequest.user("Write a long story about a lighthouse keeper, at least 500 words.")
+        t = threading.Thread(target=lambda: first.extend(e.generate([story], long)))
+        t.start()
+        deadline = time.time() + 60
+        while e._loop is None or not e._llm.llm_engine.has_unfinished_requests():
+            assert time.time() < deadline and t.is_alive(), "the first call never started generating"
+            time.sleep(0.01)
+        joined = e.generate([other], GREEDY)  # arrives mid-generation
+        t.join(timeout=120)
+        assert joined == alone and len(first) == 1 and first[0]
+        assert e._loop.peak >= 2, e._loop.peak  # both requests stepped together
+        assert not e._llm.llm_engine.has_unfinished_requests()
+    finally:
+        e.release()
+
+
+@needs_vllm
+@pytest.mark.slow
 def test_deployment_expert_answers_through_create_engine(prepared):
     from pathlib import Path
 

@@ -86,22 +86,11 @@ DECLARED = (
     "vllm.SamplingParams(…).output_kind = …",
     "vllm.inputs.TokensPrompt(prompt_token_ids)",
     "vllm.inputs.TokensPrompt(…)['prompt_token_ids']",
-    "vllm.LLM(…).generate(_, _, use_tqdm)",
-    "vllm.LLM(…).generate(…)[*].outputs[0].text",
-    "vllm.LLM(…).generate(…)[*].outputs[0].token_ids",
-    "vllm.LLM(…).generate(…)[*].prompt_token_ids",
-    # stream: LLM.generate's own steps, done by hand
+    # generate and stream: LLM.generate's own steps, done by the engine's step loop (step_loop.py, whose
+    # uses of the engine are in DECLARED_EXTRA), so that callers on several threads share one batch
     "vllm.sampling_params.RequestOutputKind.DELTA",
-    "next(vllm.LLM(…).request_counter)",
+    "vllm.sampling_params.RequestOutputKind.FINAL_ONLY",
     "vllm.LLM(…)._preprocess_cmpl_one(_)",
-    "vllm.LLM(…).llm_engine.add_request(_, _, _)",
-    "vllm.LLM(…).llm_engine.has_unfinished_requests()",
-    "vllm.LLM(…).llm_engine.step()",
-    "vllm.LLM(…).llm_engine.step()[*].request_id",
-    "vllm.LLM(…).llm_engine.step()[*].finished",
-    "vllm.LLM(…).llm_engine.step()[*].outputs[0].text",
-    "vllm.LLM(…).llm_engine.step()[*].outputs[0].token_ids",
-    "vllm.LLM(…).llm_engine.abort_request(_)",
     # _clear_vllm_caches: ("vllm.utils.func_utils", "_supports_kw") looked up in sys.modules
     "vllm.utils.func_utils._supports_kw",
     # environment variables the engine sets for vLLM
@@ -114,7 +103,13 @@ ESCAPES = {
     "use_chat": "the LLM's tokenizer goes to chat.py; its uses there are in DECLARED_EXTRA",
     "encode_messages": "the LLM's tokenizer goes to chat.py; its uses there are in DECLARED_EXTRA",
     "strip_special_tokens": "a completion's text (a str): chat.py only runs regular expressions over it",
+    "StepLoop": "the LLM's engine goes to step_loop.py; its uses there are in DECLARED_EXTRA",
+    "loop.run": "prompts and sampling parameters go into the step loop (DECLARED_EXTRA), outputs come back",
+    "self._steps().stream": "a prompt and its parameters go into the step loop (DECLARED_EXTRA)",
 }
+
+_ENGINE = ((".", "LLM"), ("inst",), (".", "llm_engine"))
+_STEP_OUT = _ENGINE + ((".", "step"), ("()", 0, (), False), ("iter",))
 
 #: Uses the walk cannot see, written as chains: (root module, steps), steps as in :class:`Step`.
 #: Each says where it comes from.
@@ -132,6 +127,22 @@ DECLARED_EXTRA: tuple[tuple[str, str, tuple[tuple, ...]], ...] = (
     ("chat.py has_chat_template: getattr(tokenizer, 'chat_template', None)",
      "vllm", ((".", "LLM"), ("inst",), (".", "get_tokenizer"), ("()", 0, (), False),
               ("?.", "chat_template"))),
+    # step_loop.py drives LLM.llm_engine from one thread; its outputs go back to vllm_engine.py's generate/stream
+    ("vllm_engine.py _steps: next(llm.request_counter) names each request as LLM.generate does",
+     "vllm", ((".", "LLM"), ("inst",), (".", "request_counter"), ("next",))),
+    ("step_loop.py StepLoop.add: engine.add_request(rid, prompt, params)",
+     "vllm", _ENGINE + ((".", "add_request"), ("()", 3, (), False))),
+    ("step_loop.py StepLoop._drive: engine.has_unfinished_requests()",
+     "vllm", _ENGINE + ((".", "has_unfinished_requests"), ("()", 0, (), False))),
+    ("step_loop.py StepLoop.abort: engine.abort_request([rid])",
+     "vllm", _ENGINE + ((".", "abort_request"), ("()", 1, (), False))),
+    ("step_loop.py StepLoop._drive: out.request_id", "vllm", _STEP_OUT + ((".", "request_id"),)),
+    ("step_loop.py StepLoop._drive: out.finished", "vllm", _STEP_OUT + ((".", "finished"),)),
+    ("vllm_engine.py generate/stream: out.outputs[0].text",
+     "vllm", _STEP_OUT + ((".", "outputs"), ("[]", 0), (".", "text"))),
+    ("vllm_engine.py generate/stream: out.outputs[0].token_ids",
+     "vllm", _STEP_OUT + ((".", "outputs"), ("[]", 0), (".", "token_ids"))),
+    ("vllm_engine.py generate: out.prompt_token_ids", "vllm", _STEP_OUT + ((".", "prompt_token_ids"),)),
     # _clear_vllm_caches calls cache_clear() on it (hasattr-guarded: without it the leak comes back)
     ("vllm_engine.py _clear_vllm_caches: _supports_kw.cache_clear()",
      "vllm.utils.func_utils", ((".", "_supports_kw"), (".", "cache_clear"))),

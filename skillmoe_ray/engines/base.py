@@ -10,6 +10,7 @@ vLLM instance be swapped under the same planner and worker code.
 from __future__ import annotations
 
 import re
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Literal
@@ -81,6 +82,10 @@ class Engine(ABC):
     #: memory of one of the worker's GPUs, in bytes (set by the worker); engines that reserve device
     #: memory size their reservation from it (vLLM's gpu_memory_utilization)
     device_bytes: int | None = None
+    #: ``generate`` may be called from several threads at once, and calls made while others run join
+    #: them (continuous batching: a prompt that arrives mid-generation shares the decode steps from then
+    #: on). Engines without it get one call at a time from their worker.
+    continuous: bool = False
 
     def footprint(self) -> "Footprint | None":
         """The model's memory on a device awake and asleep and in host memory parked, from its config,
@@ -90,8 +95,18 @@ class Engine(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self._loaded = False
+        self._calls = threading.local()
         #: (prompt, completion) tokens of each request of the last ``generate``, where the engine counts them
-        self._last_usage: list[tuple[int, int]] = []
+        self._last_usage = []
+
+    @property
+    def _last_usage(self) -> list[tuple[int, int]]:
+        """Per thread: a continuous engine runs several callers' ``generate`` at once, each its own count."""
+        return getattr(self._calls, "usage", [])
+
+    @_last_usage.setter
+    def _last_usage(self, value: list[tuple[int, int]]) -> None:
+        self._calls.usage = value
 
     @property
     def loaded(self) -> bool:

@@ -63,6 +63,7 @@ from ..answers import LETTERS
 from ..errors import DataError
 from ..tasks import BoxedFormat, Catalogue, ChoiceFormat, NumberFormat, catalogue_or_builtin
 from .base import Engine, GenerationRequest, SamplingSettings
+from .sharing import Cohort, SharedDecode
 
 if TYPE_CHECKING:
     from ..memory import Footprint
@@ -226,6 +227,10 @@ class SimulatedEngine(Engine):
         self._parked = False
         self._prefetch: threading.Thread | None = None
         self._golds: dict[str, str] = {}
+        #: on a real clock, calls that overlap share decode steps (continuous batching; see .sharing)
+        self.continuous = not self.clock.virtual
+        self._decode = SharedDecode(self.spec.constants.step_fixed_s, 1.0, self.clock.scale) \
+            if self.continuous else None
 
     @property
     def parked(self) -> bool:
@@ -363,10 +368,27 @@ class SimulatedEngine(Engine):
         self.ensure_loaded()
         if not requests:
             return []
-        self.clock.spend(self._batch_s(requests, sampling))
+        if self._decode is not None:
+            self._shared(requests, sampling)
+        else:
+            self.clock.spend(self._batch_s(requests, sampling))
         texts = [self._answer(r, sampling) for r in requests]
         self._count(requests, texts)
         return texts
+
+    def _shared(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> None:
+        """The batch's time, spent in the engine's shared decode loop: alone it takes what ``_batch_s``
+        says; beside other calls, each one's KV reads slow the step a little, not by a whole batch."""
+        assert self._decode is not None
+        consts = self.spec.constants
+        prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
+        mean = consts._capped(sampling.max_tokens).lengths(1)[1]
+        per_seq = consts.step_per_seq_s + consts.kv_s_per_token * (prompt + mean)
+        cohort = Cohort(self._batch_s(requests, sampling), len(requests), mean, per_seq,
+                        float(consts.concurrency(mean, prompt, self.tp)))
+        spent = self._decode.run(cohort)
+        with self.clock._lock:
+            self.clock.elapsed_s += spent
 
     def stream(self, request: GenerationRequest, sampling: SamplingSettings) -> Iterator[str]:
         """The answer ``generate`` gives, word by word, its modelled time spread evenly over the words

@@ -62,6 +62,7 @@ from ..errors import EngineError, SkillMoEError
 from .base import Engine, GenerationRequest, SamplingSettings
 from .chat import PLAIN_STOP, encode_messages, request_seeds, strip_special_tokens, use_chat
 from .startup_log import StartupLog
+from .step_loop import StepLoop
 
 if TYPE_CHECKING:
     from ..memory import Footprint
@@ -200,7 +201,13 @@ def _truthy(v: Any) -> bool:
 
 
 class VLLMEngine(Engine):
-    """One model in one ``vllm.LLM``; load / generate / park / release."""
+    """One model in one ``vllm.LLM``; load / generate / park / release.
+
+    ``generate`` and ``stream`` from any number of threads share the engine's step loop
+    (:class:`~.step_loop.StepLoop`): a prompt that arrives while others generate joins their batch.
+    """
+
+    continuous = True
 
     def __init__(self, name: str, model: str, engine_args: dict[str, Any] | None = None,
                  size_gb: float | None = None, progress: bool = False) -> None:
@@ -214,6 +221,7 @@ class VLLMEngine(Engine):
             raise EngineError(f"expert {name!r}: engine_args.prompt_format must be auto, chat or plain, "
                               f"got {self.prompt_format!r}")
         self._llm: Any = None
+        self._loop: StepLoop | None = None
         self._tokenizer: Any = None
         self._parked = False
         self._cpu: bool | None = None
@@ -396,7 +404,7 @@ class VLLMEngine(Engine):
             super().release()
             return
         t0 = time.perf_counter()
-        llm, self._llm, self._tokenizer = self._llm, None, None
+        llm, self._llm, self._tokenizer, self._loop = self._llm, None, None, None
         with contextlib.suppress(Exception):
             llm.llm_engine.engine_core.shutdown()  # tears down the distributed state too
         del llm
@@ -480,14 +488,20 @@ class VLLMEngine(Engine):
         return prompts, params
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> list[str]:
+        """The texts ``LLM.generate`` would give (the same prompts, sampling parameters and seeds), from
+        the engine's step loop, so that calls from several threads run in one batch."""
+        from vllm.sampling_params import RequestOutputKind
+
         if not requests:
             return []
         self.ensure_loaded()
-        assert self._llm is not None
         prompts, params = self._prompts(requests, sampling)
+        for p in params:
+            p.output_kind = RequestOutputKind.FINAL_ONLY
         t0 = time.perf_counter()
         try:
-            outs = self._llm.generate(prompts, params, use_tqdm=False)
+            loop = self._steps()
+            outs = loop.run([self._llm._preprocess_cmpl_one(p) for p in prompts], params)
         except Exception as exc:
             raise EngineError(f"expert {self.name!r}: generation failed ({type(exc).__name__}: {exc})") from exc
         n_out = sum(len(o.outputs[0].token_ids) for o in outs)
@@ -495,18 +509,34 @@ class VLLMEngine(Engine):
         self._last_usage = [(len(o.prompt_token_ids or []), len(o.outputs[0].token_ids)) for o in outs]
         return [strip_special_tokens(o.outputs[0].text) for o in outs]
 
+    def _steps(self) -> StepLoop:
+        """The engine's step loop (made at the first call after a load; the ids are the ``LLM``'s own, so its
+        bookkeeping stays sound). The rendering ``LLM.generate`` applies to a prompt before it adds it is
+        ``_preprocess_cmpl_one`` in vLLM 0.32 and 0.33."""
+        assert self._llm is not None
+        if self._loop is None:
+            llm = self._llm
+            self._loop = StepLoop(llm.llm_engine, lambda: str(next(llm.request_counter)), self._bind_threads)
+        return self._loop
+
+    def _bind_threads(self) -> None:
+        """On the CPU build, the thread that steps the engine runs its kernels with the thread count the
+        engine was built for (vLLM's CPU attention checks it); OpenMP counts are per thread."""
+        if self._cpu and self.threads:
+            import torch
+
+            torch._C.set_num_threads(self.threads)
+
     def _timed(self, dt: float, n_out: int) -> None:
         self.stats.update(generate_s=dt, generated_tokens=n_out, tokens_per_s=n_out / dt if dt > 0 else 0.0)
 
     def stream(self, request: GenerationRequest, sampling: SamplingSettings) -> Iterator[str]:
         """The text ``generate`` would give, as vLLM produces it: one engine step at a time.
 
-        ``LLM.generate`` asks its engine for final outputs only. This adds the same prompt with the
-        same sampling parameters (stop strings, max_tokens, seed) to the ``LLM``'s own engine asking
-        for deltas (``RequestOutputKind.DELTA``; vLLM holds back text that could still become a stop
-        string) and steps the engine itself, yielding each step's new text. The engine is this
-        engine's alone and used from one thread, so no other request is in it meanwhile. Closing the
-        iterator early aborts the request in vLLM.
+        The same prompt with the same sampling parameters (stop strings, max_tokens, seed) goes into the
+        engine's step loop asking for deltas (``RequestOutputKind.DELTA``; vLLM holds back text that could
+        still become a stop string), beside whatever else runs there; each step's new text is yielded.
+        Closing the iterator early aborts the request in vLLM.
         """
         from vllm.sampling_params import RequestOutputKind
 
@@ -515,32 +545,23 @@ class VLLMEngine(Engine):
         self._last_usage = []
         (prompt,), (params,) = self._prompts([request], sampling)
         params.output_kind = RequestOutputKind.DELTA
-        llm, core = self._llm, self._llm.llm_engine
-        rid = str(next(llm.request_counter))  # the ids LLM.generate uses, so its own bookkeeping stays sound
         t0 = time.perf_counter()
         try:
-            # the rendering LLM.generate applies to a prompt before it adds it (vLLM 0.32, 0.33)
-            core.add_request(rid, llm._preprocess_cmpl_one(prompt), params)
+            steps = self._steps().stream(self._llm._preprocess_cmpl_one(prompt), params)
         except Exception as exc:
             raise EngineError(f"expert {self.name!r}: generation failed ({type(exc).__name__}: {exc})") from exc
-        n_out, finished = 0, False
-        try:
-            while not finished and core.has_unfinished_requests():
+        n_out = 0
+        with contextlib.closing(steps):
+            while True:
                 try:
-                    outs = core.step()
+                    out = next(steps)
+                except StopIteration:
+                    break
                 except Exception as exc:
                     raise EngineError(f"expert {self.name!r}: generation failed ({type(exc).__name__}: {exc})") \
                         from exc
-                for out in outs:
-                    if out.request_id != rid:
-                        continue
-                    n_out += len(out.outputs[0].token_ids)
-                    finished = out.finished
-                    if out.outputs[0].text:
-                        yield out.outputs[0].text
-        finally:
-            if not finished:  # closed early, or failed: nothing of it may stay in the engine
-                with contextlib.suppress(Exception):
-                    core.abort_request([rid])
+                n_out += len(out.outputs[0].token_ids)
+                if out.outputs[0].text:
+                    yield out.outputs[0].text
         self._timed(time.perf_counter() - t0, n_out)
         self._last_usage = [(len(prompt["prompt_token_ids"]), n_out)]

@@ -40,6 +40,8 @@ class ExpertTimes:
     step_s: float | None = None
     #: seconds of a batch that is not decode steps (prefill, scheduling), per job
     fixed_s: float | None = None
+    #: seconds a generate call takes, as they ran (shared with whatever else ran on the engine)
+    call_s: float | None = None
     jobs: int = 0
 
 
@@ -63,6 +65,7 @@ class JobTimes:
             t.wake_s = _ewma(t.wake_s, float(job.get("load_s", 0.0)))
         steps = max(completions, default=0)
         generate = float(job.get("generate_s", 0.0))
+        t.call_s = _ewma(t.call_s, generate)
         if steps > 0:
             t.step_s = _ewma(t.step_s, generate / steps)
         else:
@@ -85,6 +88,11 @@ class JobTimes:
         t = self.experts.get(expert, ExpertTimes())
         step = t.step_s if t.step_s is not None else UNMEASURED_STEP_S
         return self.bring_s(expert, bring) + (t.fixed_s or 0.0) + max_tokens * step
+
+    def call_s(self, expert: str) -> float:
+        """Seconds one generate call of this expert takes as they have been running (0: none measured)."""
+        t = self.experts.get(expert)
+        return t.call_s if t is not None and t.call_s is not None else 0.0
 
     def summary(self) -> dict[str, dict[str, Any]]:
         return {e: {"load_s": t.load_s, "wake_s": t.wake_s, "step_s": t.step_s, "jobs": t.jobs}

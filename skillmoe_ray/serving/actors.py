@@ -16,7 +16,14 @@ from ..config import ExpertConfig
 from ..errors import EngineError
 from ..scheduling.planner import CostModel
 from ..tasks import Catalogue
-from .workers import AggregatorWorker, ExpertWorker
+from .aggregator_worker import AggregatorWorker
+from .workers import ExpertWorker
+
+#: the worker actors' concurrency group for bring, generate and run_job calls, and how many run at once
+JOBS_GROUP = "jobs"
+MAX_JOBS_AT_ONCE = 256
+#: aggregation calls an aggregator actor runs at once (its engine batches them, or takes turns)
+AGGREGATIONS_AT_ONCE = 64
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +111,9 @@ def start_workers(
         ray.util.remove_placement_group(pg)
         raise EngineError(f"cannot place {n_workers} workers of {bundle} ({strategy}) on this cluster "
                           f"(available: {ray.available_resources()}): {exc}") from None
-    # a "probe" group runs progress looks beside a running job (the default group runs jobs one at a time)
-    remote = ray.remote(concurrency_groups={"probe": 1})(ExpertWorker)
+    # jobs run in a group of their own, many at once (prompts join a model that is generating); a "probe"
+    # group answers progress looks beside them; the default group answers state and info calls
+    remote = ray.remote(concurrency_groups={"probe": 1, JOBS_GROUP: MAX_JOBS_AT_ONCE})(ExpertWorker)
     specs = [e.model_dump() for e in experts]
     sharing = workers_per_node(pg, n_workers)
     handles, attached = [], 0
@@ -159,7 +167,7 @@ def start_aggregator(mode: str, ranking_by_task: dict, weights_by_task: dict, ll
     opts: dict[str, Any] = {}
     if name:
         opts.update(name=name, lifetime="detached", namespace=namespace)
-    remote = ray.remote(AggregatorWorker)
+    remote = ray.remote(max_concurrency=AGGREGATIONS_AT_ONCE)(AggregatorWorker)
     handle = remote.options(num_cpus=0, num_gpus=gpus, max_restarts=-1, max_task_retries=1, **opts).remote(
         mode, ranking_by_task, weights_by_task, llm_expert.model_dump() if llm_expert else None, catalogue, max_tokens,
         gpus, gpu_memory_gb, skip_when_agreed)

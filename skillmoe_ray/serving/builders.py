@@ -7,25 +7,15 @@ arguments, so every replica starts from the same validated config and profiles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
 from ..errors import ConfigError, SkillMoEError
+from .app_spec import AppSpec
 
 #: the resource Ray puts on the head node only
 HEAD_NODE_RESOURCE = "node:__internal_head__"
-
-
-@dataclass
-class AppSpec:
-    """Everything a replica needs, carried with the application rather than read from one node's disk."""
-
-    cfg: Config
-    #: task -> profiles (their JSON form)
-    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    recorded_dir: str | None = None
 
 
 def resolve_config_path(value: str) -> str:

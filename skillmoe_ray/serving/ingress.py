@@ -34,7 +34,7 @@ from ..profiles import Profiles
 from ..runtime import Runtime
 from ..routers import make_router
 from ..tasks import Question, Task
-from .builders import AppSpec
+from .app_spec import AppSpec
 from . import http, metrics
 from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate
 from .scheduler import Overloaded, Unavailable, Work
@@ -518,7 +518,7 @@ class SkillMoEIngress:
             "tasks": list(self.pipelines),
             "routing": self.cfg.routing.strategy,
             "served": state["served"],
-            "batches": state["batches"],
+            "queued": state["queued"],
             "pending": state["pending"],
             "workers_alive": len(state["alive"]),
             "scheduler_node": state["node_id"],

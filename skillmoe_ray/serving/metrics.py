@@ -26,7 +26,7 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "requests": ("counter", "HTTP requests by endpoint and status", ("endpoint", "status"), None),
     "stage_seconds": ("histogram", "seconds a request spent in each stage (skills, recruitment, queue, experts, "
                       "aggregation, request)", ("stage",), LATENCY_BOUNDARIES),
-    "batch_size": ("histogram", "questions in each expert micro-batch the scheduler forms", (), BATCH_BOUNDARIES),
+    "batch_size": ("histogram", "prompts in each call the scheduler sends an expert (joining whatever it runs already)", (), BATCH_BOUNDARIES),
     "queue_depth": ("gauge", "questions admitted by the scheduler and not yet answered", (), None),
     "expert_calls": ("counter", "prompts answered per expert", ("expert",), None),
     "tokens": ("counter", "tokens of model calls for answered requests", ("kind",), None),

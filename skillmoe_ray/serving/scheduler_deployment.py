@@ -25,7 +25,8 @@ from ..profiles import Profiles
 from ..aggregators import log_odds_weights
 from ..tasks import Catalogue, Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
-from .builders import AppSpec
+from .app_spec import AppSpec
+from ..scheduling.dispatch import Policy
 from .scheduler import Scheduler, Work, _await, limits_for
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ class SkillMoEScheduler:
         self._actors = actors
         self.core = Scheduler(
             self.workers, limits_for(traits, budgets, sv.prefetch),
-            cost_model_for(experts), self.aggregators, agg_names, sv.batch_window_s, sv.max_batch_size,
-            sv.max_concurrent_batches, sv.max_pending, aggregate_timeout_s=sv.aggregator_timeout_s,
+            cost_model_for(experts), self.aggregators, agg_names, Policy(sv.join_limit, sv.max_wait_s),
+            sv.max_pending, aggregate_timeout_s=sv.aggregator_timeout_s,
             job_timeout_factor=sv.job_timeout_factor, job_timeout_min_s=sv.job_timeout_min_s,
             probe_interval_s=sv.health_probe_s, catalogue=catalogue)
         self.core.adopt(states)
@@ -158,7 +159,8 @@ class SkillMoEScheduler:
                 aggs[task] = {"name": self.core.aggregator_names.get(task), "status":
                               f"unavailable ({type(exc).__name__}); answers fall back to a vote"}
         return {"workers": workers, "aggregators": aggs, "usage": dict(self.core.usage),
-                "unhealthy": dict(self.core.unhealthy), "served": self.core.served, "batches": self.core.batches,
+                "unhealthy": dict(self.core.unhealthy), "served": self.core.served,
+                "queued": {e: len(t) for e, t in self.core.admission.waiting().items()},
                 "pending": self.core.pending, "predicted": self.core.predicted_counts(),
                 "alive": self.core.alive_workers(), "events": list(self.core.events[-50:]),
                 "node_id": ray.get_runtime_context().get_node_id()}

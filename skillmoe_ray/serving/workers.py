@@ -1,37 +1,52 @@
-"""Worker actors: the only place models live in a served deployment.
+"""Expert worker actors: the only place models live in a served deployment.
 
 An :class:`ExpertWorker` owns one GPU (or CPU slot) and every engine of the
-pool. It does what the scheduler decided and nothing more: it runs the expert
-jobs it is sent, in order, and before each one applies the residency policy of
-:mod:`skillmoe_ray.scheduling.residency` (the same function the planner
-simulates) to the upcoming jobs it was told about, so the planner's predicted
-loads and wakes are the ones that happen. Each job reports back as soon as it
-is done, with what the worker now holds.
-The :class:`AggregatorWorker` keeps a task's aggregator model resident.
-These classes are plain Python; :mod:`.scheduler` wraps them with ``ray.remote``.
+pool. It does what the scheduler decided and nothing more, in two ways:
+
+* **Continuous** (online questions): :meth:`bring` brings one model in by the
+  residency policy of :mod:`skillmoe_ray.scheduling.residency` (the same step
+  the scheduler's dispatch policy predicts), and :meth:`generate` runs prompts
+  on a model it holds. Many ``generate`` calls run at once (the actor's "jobs"
+  concurrency group); an engine that batches continuously runs them together,
+  and prompts that arrive while it generates join the running batch.
+* **Planned** (a whole batch, offline or a cascade round): :meth:`run_job`
+  brings a model in knowing the jobs that follow it on this worker (so it parks
+  and prefetches for them) and runs its batch. A job names the one sent before
+  it (``after``), and waits for it: Ray does not keep the order of calls to an
+  actor that runs several at once.
+
+A model is never parked or freed while a call generates on it. Each call
+reports what the worker now holds.
+These classes are plain Python; :mod:`.actors` wraps them with ``ray.remote``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
+from collections import Counter
 from dataclasses import asdict, replace
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any, Hashable, Sequence
 
-from ..aggregators import LLMAggregator, is_agreement
 from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..engines.registry import create_engine
 from ..errors import EngineError, SkillMoEError
-from ..tasks import Catalogue, catalogue_or_builtin
-from . import metrics
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step, traits_of
-from .devices import gpu_bytes, worker_budget
+from ..tasks import Catalogue
+from . import metrics
+from .devices import worker_budget
+from .messages import BringReport, JobReport, JobTiming, WorkerState
 
 #: (item key, request): the key comes back with the item's text
 Item = tuple[Hashable, GenerationRequest]
 Job = tuple[str, list[tuple[int, int, GenerationRequest]]]
+#: a planned job waits this long for the job sent before it to arrive; past it (that job went to a process
+#: that has since died) it runs anyway
+ORDER_WAIT_S = 10.0
 
 
 class ExpertWorker:
@@ -58,8 +73,16 @@ class ExpertWorker:
         self.jobs_done = 0
         self.usage: dict[str, int] = {}
         self.failed: dict[str, str] = {}
-        #: the job running now: (expert, when it started), for progress looks from the scheduler
-        self.running: tuple[str, float] | None = None
+        #: jobs running now: expert -> (calls, when the oldest started), for progress looks from the scheduler
+        self._cond = threading.Condition()
+        self._generating: Counter[str] = Counter()
+        self._started: dict[str, float] = {}
+        #: one residency change at a time; engines that cannot batch continuously: one call at a time
+        self._residency = threading.Lock()
+        self._serial: dict[str, threading.Lock] = {}
+        #: planned jobs seen and finished, by sequence number (their order is the scheduler's)
+        self._seen: set[int] = set()
+        self._finished: set[int] = set()
 
     # ------------------------------------------------------------------ engines
 
@@ -87,98 +110,175 @@ class ExpertWorker:
         self.limits = replace(self.limits, traits={**self.limits.traits, engine.name: traits_of(engine)})
 
     def traits(self) -> dict[str, dict[str, Any]]:
-        """Every model's traits, for the planner's copy of the residency policy."""
+        """Every model's traits, for the scheduler's copy of the residency policy."""
         return {n: asdict(t) for n, t in self.limits.traits.items()}
 
     def budgets(self) -> dict[str, Any]:
-        """The worker's budgets, for the planner's copy of the residency policy."""
+        """The worker's budgets, for the scheduler's copy of the residency policy."""
         return self.budget.as_dict()
 
-    # ------------------------------------------------------------------ jobs
+    # ------------------------------------------------------------------ continuous
+
+    def bring(self, name: str, upcoming: Sequence[str] = ()) -> BringReport:
+        """Bring one model in, evicting by the residency policy with the scheduler's guess at what comes
+        next (it parks what will be asked for again, and prefetches the likeliest next model)."""
+        t0 = time.perf_counter()
+        st, why = self._bring(name, list(upcoming))
+        if why is not None:
+            return BringReport(name, "load", time.perf_counter() - t0, self.state(), failed=why)
+        assert st is not None
+        return BringReport(name, st.bring, time.perf_counter() - t0, self.state())
+
+    def generate(self, name: str, items: Sequence[Item], sampling: SamplingSettings) -> JobReport:
+        """Prompts on a model this worker holds, beside whatever else runs on it."""
+        with self._cond:
+            engine = self.engines.get(name)
+            if engine is None or not engine.loaded or not self.tiers.holds(name) or name in self.tiers.host:
+                return JobReport(name, state=self.state(), not_resident=True)
+            self._begin(name)
+        try:
+            t0 = time.perf_counter()
+            texts, errors, usage = self._generate(engine, items, sampling)
+            timing = JobTiming(name, len(items), "resident", 0.0, time.perf_counter() - t0)
+        finally:
+            self._end(name)
+        return JobReport(name, texts, errors, usage, self.state(), timing)
+
+    # ------------------------------------------------------------------ planned
 
     def run_job(self, name: str, items: Sequence[Item], sampling: SamplingSettings,
-                upcoming: Sequence[str] = ()) -> dict[str, Any]:
-        """One expert job: residency decisions for it (knowing the jobs that follow), then its batch.
+                upcoming: Sequence[str] = (), seq: int | None = None, after: int | None = None) -> JobReport:
+        """One planned job: residency decisions for it (knowing the jobs that follow), then its batch.
 
-        Returns {"texts": {key: text}, "failed": {expert: why}, "job": timings, "state": tiers}.
         A model that fails to load leaves its items unanswered and is reported in ``failed``.
         """
-        t0 = time.perf_counter()
-        self.running = (name, t0)
+        self._wait_for(after)
+        if seq is not None:
+            with self._cond:
+                self._seen.add(seq)
         try:
-            return self._run_job(name, items, sampling, upcoming, t0)
+            return self._run_job(name, items, sampling, upcoming)
         finally:
-            self.running = None
+            if seq is not None:
+                with self._cond:
+                    self._finished.add(seq)
+                    self._cond.notify_all()
 
-    def _run_job(self, name: str, items: Sequence[Item], sampling: SamplingSettings, upcoming: Sequence[str],
-                 t0: float) -> dict[str, Any]:
-        tiers = self.tiers.copy()
-        st: Step | None = None
-        try:
-            engine = self._engine(name)
-            st = step(tiers, name, list(upcoming), self.limits)
-            for kind, victim in st.evictions:
-                (self.engines[victim].park if kind == "park" else self.engines[victim].release)()
-                metrics.evicted(self.wid, kind)
-            self.tiers = Tiers(tiers.device, tiers.host, tiers.cheap)
-            if not engine.loaded:
-                engine.load()
-        except Exception as exc:  # the expert is out of service; its items go back unanswered
-            self.tiers.device = [n for n in self.tiers.device if n != name]
-            self.tiers.cheap = [n for n in self.tiers.cheap if n != name]
-            if st is not None and st.prefetch is not None:  # decided, never started
-                self.tiers.host = [n for n in self.tiers.host if n != st.prefetch]
-            why = f"load failed on worker {self.wid}: {exc}"
-            self.failed[name] = why
-            return {"texts": {}, "failed": {name: why}, "job": {"expert": name, "n": len(items), "failed": True},
-                    "state": self.state()}
+    def _wait_for(self, after: int | None) -> None:
+        if after is None:
+            return
+        with self._cond:
+            deadline = time.monotonic() + ORDER_WAIT_S
+            while after not in self._finished:
+                left = deadline - time.monotonic()
+                if after not in self._seen and left <= 0:
+                    return
+                self._cond.wait(timeout=max(0.01, left) if after not in self._seen else 1.0)
+
+    def _run_job(self, name: str, items: Sequence[Item], sampling: SamplingSettings,
+                 upcoming: Sequence[str]) -> JobReport:
+        t0 = time.perf_counter()
+        st, why = self._bring(name, list(upcoming))
+        if why is not None:
+            return JobReport(name, state=self.state(), failed={name: why}, timing=JobTiming(name, len(items)))
         assert st is not None
-        self.loads += st.bring == "load"
-        self.wakes += st.bring == "wake"
         t1 = time.perf_counter()
-        self.load_seconds += t1 - t0
-        metrics.brought_in(self.wid, st.bring, t1 - t0)
-        for f in st.prefetch_frees:
-            self.engines[f].release()
-        if st.prefetch is not None:
-            if self._engine(st.prefetch).prefetch():
-                self.prefetches += 1
-            elif st.prefetch in self.tiers.host:
-                self.tiers.host.remove(st.prefetch)
-        texts, errors, usage = self._generate(engine, items, sampling)
-        self.usage[name] = self.usage.get(name, 0) + len(items)
-        if after_job(self.tiers, name, self.limits):
-            engine.release()
-        self.jobs_done += 1
-        return {"texts": texts, "failed": {}, "errors": errors, "usage": usage,
-                "job": {"expert": name, "load_s": t1 - t0, "generate_s": time.perf_counter() - t1, "n": len(items),
-                        "bring": st.bring, "woke": st.bring == "wake"},
-                "state": self.state()}
+        engine = self.engines[name]
+        with self._cond:
+            self._begin(name)
+        try:
+            texts, errors, usage = self._generate(engine, items, sampling)
+        finally:
+            self._end(name)
+        with self._residency:
+            if after_job(self.tiers, name, self.limits):
+                engine.release()
+        timing = JobTiming(name, len(items), st.bring, t1 - t0, time.perf_counter() - t1)
+        return JobReport(name, texts, errors, usage, self.state(), timing)
 
-    @staticmethod
-    def _generate(engine: Engine, items: Sequence[Item], sampling: SamplingSettings) -> tuple[dict, dict, dict]:
+    # ------------------------------------------------------------------ the two halves of a job
+
+    def _bring(self, name: str, upcoming: list[str]) -> tuple[Step | None, str | None]:
+        """Residency decisions for ``name`` and the load; (the step, None) or (None, why it failed)."""
+        t0 = time.perf_counter()
+        st: Step | None = None
+        with self._residency:
+            try:
+                engine = self._engine(name)
+                tiers = self.tiers.copy()
+                st = step(tiers, name, upcoming, self.limits)
+                with self._cond:  # a model is put away only when no call generates on it
+                    self._cond.wait_for(lambda: not any(self._generating[v] for _, v in st.evictions))
+                for kind, victim in st.evictions:
+                    (self.engines[victim].park if kind == "park" else self.engines[victim].release)()
+                    metrics.evicted(self.wid, kind)
+                self.tiers = Tiers(tiers.device, tiers.host, tiers.cheap)
+                if not engine.loaded:
+                    engine.load()
+            except Exception as exc:  # the expert is out of service; its items go back unanswered
+                self.tiers.device = [n for n in self.tiers.device if n != name]
+                self.tiers.cheap = [n for n in self.tiers.cheap if n != name]
+                if st is not None and st.prefetch is not None:  # decided, never started
+                    self.tiers.host = [n for n in self.tiers.host if n != st.prefetch]
+                why = f"load failed on worker {self.wid}: {exc}"
+                self.failed[name] = why
+                return None, why
+            self.loads += st.bring == "load"
+            self.wakes += st.bring == "wake"
+            t1 = time.perf_counter()
+            self.load_seconds += t1 - t0
+            metrics.brought_in(self.wid, st.bring, t1 - t0)
+            for f in st.prefetch_frees:
+                self.engines[f].release()
+            if st.prefetch is not None:
+                if self._engine(st.prefetch).prefetch():
+                    self.prefetches += 1
+                elif st.prefetch in self.tiers.host:
+                    self.tiers.host.remove(st.prefetch)
+        return st, None
+
+    def _begin(self, name: str) -> None:
+        if not self._generating[name]:
+            self._started[name] = time.perf_counter()
+        self._generating[name] += 1
+
+    def _end(self, name: str) -> None:
+        with self._cond:
+            self._generating[name] -= 1
+            if not self._generating[name]:
+                self._started.pop(name, None)
+            self._cond.notify_all()
+
+    def _generate(self, engine: Engine, items: Sequence[Item], sampling: SamplingSettings) -> tuple[dict, dict, dict]:
         """The batch's texts, per-item errors and token counts; a request the engine refuses (a recording it
         lacks) fails alone, not its batch."""
         usage: dict[Any, tuple[int, int]] = {}
+        turn = contextlib.nullcontext() if engine.continuous else \
+            self._serial.setdefault(engine.name, threading.Lock())
 
         def run(part: Sequence[Item]) -> list[str]:
             reqs = [req for _, req in part]
-            engine._last_usage = []
-            out = engine.generate(reqs, sampling)
-            usage.update({key: u for (key, _), u in zip(part, engine.usage(reqs, out))})
+            with turn:
+                engine._last_usage = []
+                out = engine.generate(reqs, sampling)
+                counted = engine.usage(reqs, out)
+            usage.update({key: u for (key, _), u in zip(part, counted)})
             return out
 
         try:
-            return {key: text for (key, _), text in zip(items, run(items))}, {}, usage
+            texts, errors = {key: text for (key, _), text in zip(items, run(items))}, {}
         except SkillMoEError:
             if len(items) == 1:
                 raise
-        texts, errors = {}, {}
-        for key, req in items:
-            try:
-                texts[key] = run([(key, req)])[0]
-            except SkillMoEError as exc:
-                errors[key] = str(exc)
+            texts, errors = {}, {}
+            for key, req in items:
+                try:
+                    texts[key] = run([(key, req)])[0]
+                except SkillMoEError as exc:
+                    errors[key] = str(exc)
+        with self._cond:
+            self.usage[engine.name] = self.usage.get(engine.name, 0) + len(items)
+            self.jobs_done += 1
         return texts, errors, usage
 
     def run(self, jobs: Sequence[Job], sampling: SamplingSettings) -> dict[str, Any]:
@@ -189,10 +289,10 @@ class ExpertWorker:
         names = [name for name, _ in jobs]
         for i, (name, work) in enumerate(jobs):
             r = self.run_job(name, [((qi, slot), req) for qi, slot, req in work], sampling, names[i + 1:])
-            texts.update(r["texts"])
-            failed.update(r["failed"])
-            if not r["failed"]:
-                timings.append(r["job"])
+            texts.update(r.texts)
+            failed.update(r.failed)
+            if not r.failed and r.timing is not None:
+                timings.append(r.timing.as_dict())
         return {"texts": texts,
                 "stats": {"wid": self.wid, "jobs": timings, "resident": self.resident(), "failed": failed,
                           "parked": self.parked()}}
@@ -203,20 +303,23 @@ class ExpertWorker:
         return self.tiers.cheap + self.tiers.device
 
     def progress(self) -> dict[str, Any]:
-        """What the worker is doing now. Called in the actor's "probe" concurrency group, beside a running
-        job: an answer means the process is alive and its job is being worked on, however slow."""
-        running = self.running
-        return {"wid": self.wid, "running": running[0] if running else None,
-                "running_s": time.perf_counter() - running[1] if running else 0.0, "jobs_done": self.jobs_done}
+        """What the worker is doing now. Called in the actor's "probe" concurrency group, beside running
+        jobs: an answer means the process is alive and its jobs are being worked on, however slow."""
+        with self._cond:
+            running = {n: c for n, c in self._generating.items() if c}
+            oldest = min(self._started.values(), default=None)
+        return {"wid": self.wid, "running": ", ".join(sorted(running)) or None,
+                "calls": sum(running.values()),
+                "running_s": time.perf_counter() - oldest if oldest is not None else 0.0,
+                "jobs_done": self.jobs_done}
 
     def parked(self) -> list[str]:
         return list(self.tiers.host)
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> WorkerState:
         """What the scheduler needs to plan on this worker, also after the scheduler restarts."""
-        return {"wid": self.wid, "node_id": _node_id(), "resident": self.resident(), "parked": self.parked(),
-                "loads": self.loads,
-                "wakes": self.wakes, "jobs_done": self.jobs_done, "failed": dict(self.failed)}
+        return WorkerState(self.wid, _node_id(), self.resident(), self.parked(), self.loads, self.wakes,
+                           self.jobs_done, dict(self.failed))
 
     def info(self) -> dict[str, Any]:
         return {
@@ -254,94 +357,3 @@ def _node_id() -> str:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     except Exception:  # noqa: BLE001
         return ""
-
-
-class AggregatorWorker:
-    """Merges the experts' answers; holds the aggregator model when there is one."""
-
-    def __init__(self, mode: str, ranking_by_task: dict[str, list[str]], weights_by_task: dict[str, dict[str, float]],
-                 llm_expert: dict[str, Any] | None = None, catalogue: Catalogue | None = None,
-                 max_tokens: int = 4096, gpus: float = 0.0, gpu_memory_gb: float | None = None,
-                 skip_when_agreed: bool = False):
-        self.mode = mode
-        self.catalogue = catalogue_or_builtin(catalogue)
-        self.ranking_by_task = ranking_by_task
-        self.weights_by_task = weights_by_task
-        self.engine: Engine | None = None
-        self.llm: LLMAggregator | None = None
-        self.loads = 0
-        if llm_expert is not None:
-            self.engine = create_engine(ExpertConfig.model_validate(llm_expert), self.catalogue)
-            # its engine reserves its own footprint of the GPU it was given (a share of one, beside a worker)
-            self.engine.device_bytes = gpu_bytes(gpus, gpu_memory_gb)
-            self.engine.load()
-            self.loads += 1
-            self.llm = LLMAggregator(self.engine.name, max_tokens, skip_when_agreed)
-
-    def aggregate(self, task_name: str, questions: list, answers: list, seed: int) -> list[tuple[str | None, str, str]]:
-        from ..execution import LocalExecutor
-        from ..aggregators import VoteAggregator, WeightedVoteAggregator
-
-        task = self.catalogue.get(task_name)
-        if self.mode == "llm" and self.engine is not None and self.llm is not None:
-            # its only model: the executor never parks it, so it stays loaded between batches
-            self.engine._last_usage = []
-            return self.llm.aggregate(task, questions, answers, LocalExecutor({self.engine.name: self.engine}), seed)
-        ranking = self.ranking_by_task.get(task_name, [])
-        if self.mode == "weighted_vote":
-            agg = WeightedVoteAggregator(ranking, self.weights_by_task.get(task_name, {}))
-        else:
-            agg = VoteAggregator(ranking)
-        return agg.aggregate(task, questions, answers, None, seed)  # type: ignore[arg-type]
-
-    def aggregate_with_usage(self, task_name: str, questions: list, answers: list,
-                             seed: int) -> tuple[list[tuple[str | None, str, str]], list[tuple[int, int]]]:
-        """The merged answers, and the aggregator model's (prompt, completion) tokens per question."""
-        merged = self.aggregate(task_name, questions, answers, seed)
-        return merged, self._usage(merged)
-
-    def _usage(self, merged: list[tuple[str | None, str, str]]) -> list[tuple[int, int]]:
-        """The aggregator model's (prompt, completion) tokens of its last call, one pair per merged answer."""
-        if self.engine is None or self.mode != "llm":
-            return [(0, 0)] * len(merged)
-        asked = [i for i, (_, _, who) in enumerate(merged) if not is_agreement(who)]
-        usage = list(self.engine._last_usage) if asked else []
-        if len(usage) != len(asked):  # the engine counted nothing: estimate from the texts
-            from ..engines.base import estimate_tokens
-
-            usage = [(0, estimate_tokens(merged[i][1])) for i in asked]
-        out = [(0, 0)] * len(merged)  # an agreement asked the model nothing
-        for i, u in zip(asked, usage):
-            out[i] = u
-        return out
-
-    def aggregate_stream(self, task_name: str, question: Any, answers: list, seed: int) -> Iterator[Any]:
-        """One question, streamed (a Ray streaming generator: call with ``num_returns="streaming"``).
-
-        Yields the aggregator model's text deltas (``str``) as it writes them, then, last,
-        ``(merged, usage)`` as :meth:`aggregate_with_usage` returns them for this one question; the
-        answer in it is read from the whole text, as the non-streaming call reads it. A vote yields
-        no deltas, only that last item. A cancelled call stops generating at its next delta.
-        """
-        if self.mode != "llm" or self.engine is None:
-            yield self.aggregate_with_usage(task_name, [question], [answers], seed)
-            return
-        assert self.llm is not None
-        pieces = self.llm.stream(self.catalogue.get(task_name), question, answers, self.engine, seed)
-        while True:
-            try:
-                piece = next(pieces)
-            except StopIteration as stop:
-                merged = [stop.value]
-                break
-            if _cancelled():
-                pieces.close()  # the engine stops generating (vLLM aborts the request)
-                return
-            yield piece
-        yield merged, self._usage(merged)
-
-    def info(self) -> dict[str, Any]:
-        return {"mode": self.mode, "model": self.engine.name if self.engine else None,
-                "resident": bool(self.engine and self.engine.loaded), "pid": os.getpid(), "loads": self.loads,
-                "tasks": sorted(self.ranking_by_task), "node_id": _node_id(),
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}

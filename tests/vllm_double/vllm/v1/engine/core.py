@@ -503,7 +503,7 @@ class SyncMPClient(InprocClient):
             sys.stderr.write("(EngineCore pid=%d) ERROR EngineCore failed to start.\n%s" % (
                 os.getpid(), traceback.format_exc()))
             raise RuntimeError("Engine core initialization failed. See root cause above. "
-                               f"Failed core proc(s): {{'EngineCore': 1}}") from None
+                               "Failed core proc(s): {'EngineCore': 1}") from None
         self.resources_dead = False
 
     def _utility(self, name: str, fn: Any, *args: Any) -> Any:
