@@ -215,7 +215,8 @@ def pool_counts(url: str) -> dict[str, Any]:
         pool = json.loads(r.read())
     ws = [w for w in pool["workers"] if "loads" in w]
     return {"loads": sum(w["loads"] for w in ws), "wakes": sum(w["wakes"] for w in ws),
-            "batches": pool.get("batches"), "served": pool.get("served"), "aggregators": pool.get("aggregators")}
+            "batches": pool.get("batches"), "served": pool.get("served"), "aggregators": pool.get("aggregators"),
+            "events": pool.get("events") or []}
 
 
 def fmt(x: Any, nd: int = 1) -> str:
@@ -318,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 rate = capacity * pct / 100  # questions per simulated second
                 arrivals = [a / rate * scale for a in unit_arrivals]  # wall seconds
                 before = pool_counts(url)
+                t_rate = time.time()
                 print(f"rate {pct:g}% = {rate:.4f} q/s: {n_q} questions over ~{arrivals[-1] / scale:.0f} s "
                       f"({arrivals[-1]:.1f} s wall) ...", flush=True)
                 recs = asyncio.run(send_stream(url, stream_q, arrivals, timeout_s))
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["keeps_up"] = (row["ok"] == n_q and row["throughput_steady"] is not None
                                    and row["throughput_steady"] >= KEEP_UP * offered)
                 row["p90_over_idle"] = row["p90_s"] / idle_ref if idle_ref else None
+                # what the scheduler did meanwhile (brings, drains, losses; the pool view keeps the latest 200)
+                row["events"] = [e for e in after["events"] if e.get("at", 0) >= t_rate]
                 row["records"] = recs
                 rows.append(row)
                 print(f"  achieved {fmt(row['throughput_steady'], 4)} q/s steady, {fmt(row['throughput_span'], 4)} "

@@ -84,7 +84,8 @@ class Engine(ABC):
     device_bytes: int | None = None
     #: ``generate`` may be called from several threads at once, and calls made while others run join
     #: them (continuous batching: a prompt that arrives mid-generation shares the decode steps from then
-    #: on). Engines without it get one call at a time from their worker.
+    #: on). Without it, the worker merges the calls that arrive while one runs into its next batch
+    #: (engines/merging.py).
     continuous: bool = False
 
     def footprint(self) -> "Footprint | None":

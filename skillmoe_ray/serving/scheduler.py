@@ -81,7 +81,7 @@ class Scheduler:
         return self.pool.unhealthy
 
     @property
-    def events(self) -> list[dict[str, Any]]:
+    def events(self) -> Any:
         return self.pool.events
 
     @property
@@ -203,6 +203,7 @@ class Scheduler:
         decision = decide(queues_of(waiting, now), seen, self.limits, self.policy, upcoming)
         for wid in decision.drain:
             views[wid].draining = True
+            self.events.append({"worker": wid, "event": "drain", "at": time.time()})
         for send in decision.sends:
             slots = self.admission.take(send.expert, send.n)
             if not slots:
@@ -218,6 +219,8 @@ class Scheduler:
                 bring, v.tiers = predicted_bring(v.tiers, send.expert, self.limits, upcoming)
                 v.predict(bring)
                 v.bringing, v.draining = send.expert, False
+                self.events.append({"worker": send.wid, "event": bring, "expert": send.expert, "n": len(slots),
+                                    "at": time.time()})
                 asyncio.ensure_future(self._bring_then_generate(send.wid, send.expert, bring, slots, upcoming))
 
     def _free_in(self, wid: int, now: float) -> float:

@@ -162,7 +162,7 @@ class SkillMoEScheduler:
                 "unhealthy": dict(self.core.unhealthy), "served": self.core.served,
                 "queued": {e: len(t) for e, t in self.core.admission.waiting().items()},
                 "pending": self.core.pending, "predicted": self.core.predicted_counts(),
-                "alive": self.core.alive_workers(), "events": list(self.core.events[-50:]),
+                "alive": self.core.alive_workers(), "events": list(self.core.events)[-200:],
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     def __del__(self) -> None:

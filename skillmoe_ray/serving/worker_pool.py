@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -23,6 +23,9 @@ from .actors import JOBS_GROUP
 from .messages import WorkerState
 
 log = logging.getLogger(__name__)
+
+#: events the pool keeps (older ones are dropped)
+EVENTS_KEPT = 500
 
 
 class WorkerLost(Exception):
@@ -75,8 +78,8 @@ class WorkerPool:
         self.views = {i: WorkerView() for i in range(len(self.workers))}
         #: expert -> why it is out of service (its load failed on a worker); routing avoids these
         self.unhealthy: dict[str, str] = {}
-        #: every loss, return and slow job, for the pool view and benchmarks
-        self.events: list[dict[str, Any]] = []
+        #: the latest losses, returns, slow jobs, brings and drains, for the pool view and benchmarks
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS_KEPT)
         self.slow_jobs = 0
         self._prober: asyncio.Task | None = None
         #: called when a worker comes back (the scheduler dispatches to it)

@@ -22,7 +22,6 @@ These classes are plain Python; :mod:`.actors` wraps them with ``ray.remote``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
@@ -33,6 +32,7 @@ from typing import Any, Hashable, Sequence
 
 from ..config import ExpertConfig
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
+from ..engines.merging import MergedCalls
 from ..engines.registry import create_engine
 from ..errors import EngineError, SkillMoEError
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step, traits_of
@@ -77,9 +77,9 @@ class ExpertWorker:
         self._cond = threading.Condition()
         self._generating: Counter[str] = Counter()
         self._started: dict[str, float] = {}
-        #: one residency change at a time; engines that cannot batch continuously: one call at a time
+        #: one residency change at a time; engines that cannot batch continuously: calls merged into batches
         self._residency = threading.Lock()
-        self._serial: dict[str, threading.Lock] = {}
+        self._merged: dict[str, MergedCalls] = {}
         #: planned jobs seen and finished, by sequence number (their order is the scheduler's)
         self._seen: set[int] = set()
         self._finished: set[int] = set()
@@ -253,15 +253,16 @@ class ExpertWorker:
         """The batch's texts, per-item errors and token counts; a request the engine refuses (a recording it
         lacks) fails alone, not its batch."""
         usage: dict[Any, tuple[int, int]] = {}
-        turn = contextlib.nullcontext() if engine.continuous else \
-            self._serial.setdefault(engine.name, threading.Lock())
 
         def run(part: Sequence[Item]) -> list[str]:
             reqs = [req for _, req in part]
-            with turn:
-                engine._last_usage = []
-                out = engine.generate(reqs, sampling)
-                counted = engine.usage(reqs, out)
+            if engine.continuous:
+                out, counted = _generate_counted(engine, reqs, sampling)
+            else:  # merged with the calls that queue while its batch runs
+                with self._cond:
+                    merger = self._merged.setdefault(
+                        engine.name, MergedCalls(lambda r, s, e=engine: _generate_counted(e, r, s)))
+                out, counted = merger.run(reqs, sampling)
             usage.update({key: u for (key, _), u in zip(part, counted)})
             return out
 
@@ -337,6 +338,13 @@ class ExpertWorker:
             "usage": dict(self.usage),
             "failed": dict(self.failed),
         }
+
+
+def _generate_counted(engine: Engine, requests: list[GenerationRequest],
+                      sampling: SamplingSettings) -> tuple[list[str], list[tuple[int, int]]]:
+    engine._last_usage = []
+    out = engine.generate(requests, sampling)
+    return out, engine.usage(requests, out)
 
 
 def _cancelled() -> bool:
