@@ -65,9 +65,9 @@ def table(methods: dict) -> str:
 
 def recorded(seeds: list[int]) -> None:
     from skillmoe_ray.config import load_config
-    from skillmoe_ray.evaluate import evaluate
+    from skillmoe_ray.offline.evaluate import evaluate
     from skillmoe_ray.runtime import Runtime
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.tasks.catalogue import get_task
 
     cfg = load_config(ROOT / "deployments" / "recorded-mmlu-pro.yaml")
     report = evaluate(Runtime.from_config(cfg), get_task("MMLU_Pro"), seeds)
@@ -88,9 +88,9 @@ REAL_METHODS = "single_best,skillmoe_paper_llm"
 def real(n_questions: int, tasks: list[str], seed: int, methods: list[str]) -> None:
     """The real CPU pool, one data set after another; the result files are rewritten after each."""
     from skillmoe_ray.config import load_config
-    from skillmoe_ray.evaluate import evaluate
+    from skillmoe_ray.offline.evaluate import evaluate
     from skillmoe_ray.runtime import Runtime
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.tasks.catalogue import get_task
 
     cfg = load_config(ROOT / "deployments" / "local-cpu.yaml")
     # one model runs at a time in this process: let each engine use the cores (the server's 1 thread per engine

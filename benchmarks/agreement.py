@@ -30,10 +30,10 @@ SEEDS = (0, 1, 2)
 
 def solve(config: Path, task_name: str, state_dir: str | None = None, limit: int | None = None):
     """The paper's routing and a vote over the test split, per seed: (task, questions, solutions by seed)."""
-    from skillmoe_ray.aggregators import VoteAggregator
+    from skillmoe_ray.aggregation.aggregators import VoteAggregator
     from skillmoe_ray.config import load_config
     from skillmoe_ray.pipeline import Pipeline
-    from skillmoe_ray.routers import ROUTERS
+    from skillmoe_ray.routing.routers import ROUTERS
     from skillmoe_ray.runtime import Runtime
 
     cfg = load_config(config)
@@ -52,7 +52,7 @@ def solve(config: Path, task_name: str, state_dir: str | None = None, limit: int
 
 def agreement(task, solutions) -> tuple[list[int], float]:
     """Indices of the questions whose experts all agree, and how often that answer is right."""
-    from skillmoe_ray.aggregation import agreed
+    from skillmoe_ray.aggregation.votes import agreed
 
     hits = [i for i, s in enumerate(solutions) if agreed([a.pred for a in s.answers], task) is not None]
     right = [task.is_correct(solutions[i].answer, solutions[i].question.gold) for i in hits]

@@ -42,10 +42,10 @@ def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
 
 def sweep_methods(rt, prof):
     """Budget cascades over every max_calls, in both orders, and cost-weighted at several weights and size budgets."""
-    from skillmoe_ray.evaluate import Method
-    from skillmoe_ray.aggregators import OrderedVoteAggregator
-    from skillmoe_ray.budget import expert_sizes
-    from skillmoe_ray.routers import BudgetRouter
+    from skillmoe_ray.offline.evaluate import Method
+    from skillmoe_ray.aggregation.aggregators import OrderedVoteAggregator
+    from skillmoe_ray.routing.budget import expert_sizes
+    from skillmoe_ray.routing.routers import BudgetRouter
 
     ordered = OrderedVoteAggregator()
     n = len(prof.experts)
@@ -67,11 +67,11 @@ def sweep_methods(rt, prof):
 
 def measure(config: Path, task_name: str, seeds: list[int], sweep: bool) -> dict:
     from skillmoe_ray.config import load_config
-    from skillmoe_ray.evaluate import standard_methods
+    from skillmoe_ray.offline.evaluate import standard_methods
     from skillmoe_ray.pipeline import Pipeline
     from skillmoe_ray.runtime import Runtime
-    from skillmoe_ray.budget import expert_sizes
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.routing.budget import expert_sizes
+    from skillmoe_ray.tasks.catalogue import get_task
 
     cfg = load_config(config)
     rt = Runtime.from_config(cfg, progress=False)

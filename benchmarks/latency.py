@@ -65,8 +65,8 @@ def setup(config: str, state_dir: str | None, task_name: str = "GPQA", limit: in
     from skillmoe_ray.config import load_config
     from skillmoe_ray.scheduling.makespan import expert_work, pool_costs
     from skillmoe_ray.runtime import Runtime
-    from skillmoe_ray.routers import make_router
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.routing.routers import make_router
+    from skillmoe_ray.tasks.catalogue import get_task
 
     cfg = load_config(config)
     if state_dir:
@@ -162,8 +162,8 @@ def run_strategy(s: dict, executor, strategy: str, n_naive: int) -> int:
     """One strategy over the batch through ``executor``; returns how many questions it answered."""
     from skillmoe_ray.engines.base import SamplingSettings
     from skillmoe_ray.pipeline import Pipeline
-    from skillmoe_ray.aggregators import LLMAggregator
-    from skillmoe_ray.routers import make_router
+    from skillmoe_ray.aggregation.aggregators import LLMAggregator
+    from skillmoe_ray.routing.routers import make_router
 
     cfg, task = s["cfg"], s["task"]
     sampling = SamplingSettings(cfg.generation.temperature, cfg.generation.max_tokens, seed=0)

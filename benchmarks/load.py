@@ -94,7 +94,7 @@ def main() -> int:
 
     from skillmoe_ray.config import load_config
     from skillmoe_ray.serving.local import init_ray, start_serving, stop_serving
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     import socket
     import tempfile

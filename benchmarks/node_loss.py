@@ -72,7 +72,7 @@ def main() -> int:
 
     from skillmoe_ray.config import load_config
     from skillmoe_ray.serving.builders import build_application
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     tmp = Path(tempfile.mkdtemp(prefix="skillmoe-nodeloss-"))
     cluster, gpu_nodes = start_cluster(2, gpus_per_node=2, cpus_per_node=2)

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from skillmoe_ray.execution import group_by_expert
     from skillmoe_ray.runtime import Runtime
     from skillmoe_ray.serving.workers import ExpertWorker
-    from skillmoe_ray.routers import make_router
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.routing.routers import make_router
+    from skillmoe_ray.tasks.catalogue import get_task
 
     cfg = load_config(ROOT / "deployments" / "paper-scale-sim.yaml")
     cfg.state_dir = sim_state_dir()

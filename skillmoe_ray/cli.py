@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, stop=None) -> int:
     task = rt.task(args.task)
 
     if args.command == "profile":
-        from .evaluate import profile_readability
+        from .offline.evaluate import profile_readability
 
         prof = rt.profiles(task, rebuild=args.force)
         print(f"profiles: {rt.profiles_path(task)}")
@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace, stop=None) -> int:
         return 0
 
     if args.command == "evaluate":
-        from .evaluate import evaluate, format_table, write_report
+        from .offline.evaluate import evaluate, format_table, write_report
 
         report = evaluate(rt, task, args.seeds, args.methods, rebuild_profiles=args.rebuild_profiles)
         print(format_table(report))
@@ -209,9 +209,9 @@ def _check(args: argparse.Namespace, cfg) -> int:
 def _record(args: argparse.Namespace, cfg) -> int:
     import time
 
-    from .record import default_out, format_summary, record
+    from .offline.record import default_out, format_summary, record
     from .runtime import Runtime
-    from .tasks import splits_of
+    from .tasks.catalogue import splits_of
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the progress bar, not vLLM's start-up chatter
     rt = Runtime.from_config(cfg, progress=not args.quiet)

@@ -15,15 +15,15 @@ import time
 from collections import defaultdict
 from typing import Sequence
 
-from .aggregators import Aggregator
+from .aggregation.aggregators import Aggregator
 from .engines.base import GenerationRequest, SamplingSettings
 from .errors import EngineError
 from .execution import Executor, ExpertPlan, describe_unhealthy, group_by_expert, substitute_unhealthy
 from .prompts import expert_prompt
-from .routers import Router
+from .routing.routers import Router
 from .skills.extract import SkillAligner, SkillExtractor
 from .solution import ExpertAnswer, Solution
-from .tasks import Question, Task
+from .tasks.catalogue import Question, Task
 
 
 def expert_requests(task: Task, questions: Sequence[Question],

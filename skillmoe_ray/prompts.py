@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from .answers import strip_thinking
+from .tasks.answers import strip_thinking
 
 if TYPE_CHECKING:
-    from .tasks import Task
+    from .tasks.catalogue import Task
 
 #: the reference's keyword-extraction prompt (skill extraction with an LLM)
 KEYWORD_PROMPT = (

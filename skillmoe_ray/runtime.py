@@ -14,7 +14,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from . import __version__
-from .aggregation import build_aggregator_tasks, select_aggregator
+from .aggregation.votes import build_aggregator_tasks, select_aggregator
 from .config import Config, ExpertConfig
 from .engines.base import Engine, GenerationRequest, SamplingSettings
 from .engines.registry import create_engine
@@ -23,11 +23,11 @@ from .execution import Executor, ExecutorEngine, LocalExecutor, describe_unhealt
 from .pipeline import SkillStage
 from .pool import pool_experts, pool_fingerprint
 from .profiles import Profiles, build_profiles
-from .reading import check_readable, pool_readability
+from .tasks.reading import check_readable, pool_readability
 from .prompts import aggregation_prompt, expert_prompt
 from .skills.embeddings import Embedder, get_embedder
 from .skills.extract import EmbeddingTagger, KeywordExtractor, SkillAligner, load_vocabulary
-from .tasks import Catalogue, Question, Task
+from .tasks.catalogue import Catalogue, Question, Task
 
 log = logging.getLogger(__name__)
 

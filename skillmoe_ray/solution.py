@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .tasks import Question
+from .tasks.catalogue import Question
 
 
 @dataclass(frozen=True)

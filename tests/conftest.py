@@ -38,7 +38,7 @@ def recorded_runtime(recorded_cfg):
 
 @pytest.fixture(scope="session")
 def mmlu_profiles(recorded_runtime):
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.tasks.catalogue import get_task
 
     return recorded_runtime.profiles(get_task("MMLU_Pro"))
 

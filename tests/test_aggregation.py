@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from skillmoe_ray.aggregation import (
+from skillmoe_ray.aggregation.votes import (
     build_aggregator_tasks,
     majority_vote,
     select_aggregator,
@@ -11,7 +11,7 @@ from skillmoe_ray.aggregation import (
     weighted_vote,
 )
 from skillmoe_ray.prompts import aggregation_prompt
-from skillmoe_ray.tasks import get_task
+from skillmoe_ray.tasks.catalogue import get_task
 
 
 def test_majority_vote_ties_go_to_the_better_ranked_expert():
@@ -72,7 +72,7 @@ def test_vote_settled_agrees_with_brute_force():
 def test_every_aggregation_mode_of_the_config_has_a_registered_aggregator():
     from typing import get_args
 
-    from skillmoe_ray.aggregators import AGGREGATORS, make_aggregator
+    from skillmoe_ray.aggregation.aggregators import AGGREGATORS, make_aggregator
     from skillmoe_ray.config import AggregationConfig
     from skillmoe_ray.errors import ConfigError
 
@@ -86,7 +86,7 @@ def test_aggregator_worker_streams_what_it_would_answer_whole():
     record the non-streaming call gives for it; a vote streams only that record."""
     from skillmoe_ray.serving.aggregator_worker import AggregatorWorker
     from skillmoe_ray.solution import ExpertAnswer
-    from skillmoe_ray.tasks import Question
+    from skillmoe_ray.tasks.catalogue import Question
 
     sim = {"name": "agg", "engine": "simulated", "model": "sim", "size_gb": 1,
            "engine_args": {"out_tokens": 20, "step_fixed_s": 0.0, "load_fixed_s": 0.0}}
@@ -107,7 +107,7 @@ def test_aggregator_worker_streams_what_it_would_answer_whole():
 
 
 def test_agreed_is_the_answer_every_expert_gave():
-    from skillmoe_ray.aggregation import agreed
+    from skillmoe_ray.aggregation.votes import agreed
 
     aime = get_task("AIME24")
     assert agreed(["B", "B", "B"]) == "B" and agreed(["B", "C", "B"]) is None
@@ -134,9 +134,9 @@ class _CountingExecutor:
 
 
 def test_an_llm_aggregator_skips_questions_whose_experts_agree_when_set():
-    from skillmoe_ray.aggregators import LLMAggregator
+    from skillmoe_ray.aggregation.aggregators import LLMAggregator
     from skillmoe_ray.solution import ExpertAnswer
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     task = get_task("GPQA")
     questions = load_questions(task, "test")[:3]

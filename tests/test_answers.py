@@ -1,9 +1,9 @@
 import pytest
 
-from skillmoe_ray.answers import (extract_boxed, extract_choice, extract_number, extract_regex, extract_stated,
+from skillmoe_ray.tasks.answers import (extract_boxed, extract_choice, extract_number, extract_regex, extract_stated,
                                   last_boxed, math_equal, normalize_text, parse_number)
 from skillmoe_ray.errors import DataError
-from skillmoe_ray.tasks import BoxedFormat, ChoiceFormat, ExactFormat, NumberFormat, RegexFormat, Task, get_task
+from skillmoe_ray.tasks.catalogue import BoxedFormat, ChoiceFormat, ExactFormat, NumberFormat, RegexFormat, Task, get_task
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from skillmoe_ray.aggregation import vote_settled
-from skillmoe_ray.aggregators import OrderedVoteAggregator
-from skillmoe_ray.budget import (
+from skillmoe_ray.aggregation.votes import vote_settled
+from skillmoe_ray.aggregation.aggregators import OrderedVoteAggregator
+from skillmoe_ray.routing.budget import (
     agreement_settled,
     apply_budget,
     cascade_outcome,
@@ -23,8 +23,8 @@ from skillmoe_ray.errors import ConfigError
 from skillmoe_ray.execution import LocalExecutor
 from skillmoe_ray.pipeline import Pipeline
 from skillmoe_ray.profiles import build_profiles
-from skillmoe_ray.routers import ROUTERS, BudgetRouter, CascadeRouter, Router, make_router
-from skillmoe_ray.tasks import Question, get_task
+from skillmoe_ray.routing.routers import ROUTERS, BudgetRouter, CascadeRouter, Router, make_router
+from skillmoe_ray.tasks.catalogue import Question, get_task
 
 
 # ------------------------------------------------------------------ pure functions
@@ -204,8 +204,8 @@ def test_expert_sizes_prefers_the_config_and_needs_every_expert():
 
 def test_pipeline_asks_exactly_what_the_pure_cascade_asks(recorded_runtime, mmlu_profiles):
     """Offline simulation (cascade_outcome) and the pipeline's rounds agree call for call."""
-    from skillmoe_ray.aggregators import VoteAggregator
-    from skillmoe_ray.routers import FixedRouter
+    from skillmoe_ray.aggregation.aggregators import VoteAggregator
+    from skillmoe_ray.routing.routers import FixedRouter
 
     task = get_task("MMLU_Pro")
     qs = recorded_runtime.questions(task, "test")[:200]
@@ -223,7 +223,7 @@ def test_pipeline_asks_exactly_what_the_pure_cascade_asks(recorded_runtime, mmlu
 
 
 def test_budget_methods_in_evaluate_on_a_sample(recorded_runtime):
-    from skillmoe_ray.evaluate import evaluate
+    from skillmoe_ray.offline.evaluate import evaluate
 
     names = ["fixed_top5_vote", "budget_max3_vote", "budget_max5_vote", "budget_rank_max5_vote",
              "budget_sized1_max5_vote"]

@@ -128,7 +128,7 @@ def replicas_elsewhere() -> None:
     from skillmoe_ray.serving.builders import app_spec
     from skillmoe_ray.serving.ingress import SkillMoEIngress
     from skillmoe_ray.serving.scheduler_deployment import SkillMoEScheduler
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     def free_port() -> int:
         with socket.socket() as s:
@@ -198,7 +198,7 @@ def main() -> None:
     from skillmoe_ray.scheduling.planner import CostModel
     from skillmoe_ray.serving.actors import start_workers, stop_actors
     from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     def free_port() -> int:
         with socket.socket() as s:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from json_task import EXPERTS, write_task
 
-from skillmoe_ray.answers import format_number
+from skillmoe_ray.tasks.answers import format_number
 from skillmoe_ray.config import load_config
 from skillmoe_ray.errors import DataError
 from skillmoe_ray.pool import pool_experts
 from skillmoe_ray.runtime import Runtime
-from skillmoe_ray.tasks import Catalogue
+from skillmoe_ray.tasks.catalogue import Catalogue
 
 
 @pytest.fixture(scope="module")

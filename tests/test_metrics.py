@@ -41,7 +41,7 @@ def total(snap: dict, name: str, **labels: str) -> float:
 
 
 def test_metrics_are_exported_with_the_values_caused(ray_cluster, served_recorded, recorded_runtime):
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.tasks.catalogue import get_task
 
     qs = [q.text for q in recorded_runtime.questions(get_task("MMLU_Pro"), "test")[300:312]]
     before = scrape()

@@ -48,14 +48,14 @@ def streaming_app(served_recorded, state_dir, tmp_path_factory):
 
 
 def gpqa(i: int) -> str:
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     return load_questions("GPQA", "test")[i].text
 
 
 @pytest.fixture(scope="module")
 def questions(recorded_runtime):
-    from skillmoe_ray.tasks import get_task
+    from skillmoe_ray.tasks.catalogue import get_task
 
     return [q.text for q in recorded_runtime.questions(get_task("MMLU_Pro"), "test")[20:40]]
 

@@ -23,7 +23,7 @@ from conftest import ServeProcess, free_port
 from httpclient import get, post
 
 from skillmoe_ray.config import load_config
-from skillmoe_ray.tasks import Catalogue
+from skillmoe_ray.tasks.catalogue import Catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "arithmetic"

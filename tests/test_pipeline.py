@@ -1,11 +1,11 @@
 from collections import Counter
 
-from skillmoe_ray.aggregators import VoteAggregator
+from skillmoe_ray.aggregation.aggregators import VoteAggregator
 from skillmoe_ray.engines.base import Engine, GenerationRequest
 from skillmoe_ray.execution import LocalExecutor, group_by_expert
 from skillmoe_ray.pipeline import Pipeline
-from skillmoe_ray.routers import CascadeRouter, FixedRouter, PaperRouter
-from skillmoe_ray.tasks import Question, get_task
+from skillmoe_ray.routing.routers import CascadeRouter, FixedRouter, PaperRouter
+from skillmoe_ray.tasks.catalogue import Question, get_task
 
 
 class CountingEngine(Engine):

@@ -22,7 +22,7 @@ from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
 from skillmoe_ray.engines.recorded import read_recording
 from skillmoe_ray.errors import ConfigError
 from skillmoe_ray.prompts import expert_prompt
-from skillmoe_ray.record import MANIFEST, journal_path, record, recording_path
+from skillmoe_ray.offline.record import MANIFEST, journal_path, record, recording_path
 from skillmoe_ray.runtime import Runtime
 
 DEPLOYMENT = """

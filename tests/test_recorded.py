@@ -6,7 +6,7 @@ import pytest
 from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
 from skillmoe_ray.engines.recorded import RecordedEngine, builtin_recorded_dir, read_recording
 from skillmoe_ray.errors import DataError, EngineError
-from skillmoe_ray.tasks import load_questions
+from skillmoe_ray.tasks.catalogue import load_questions
 
 S = SamplingSettings()
 

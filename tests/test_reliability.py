@@ -60,7 +60,7 @@ AUTH = {"authorization": "Bearer s3cret-key"}
 
 
 def gpqa_questions(n):
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     return [q.text for q in load_questions("GPQA", "test")[:n]]
 
@@ -157,7 +157,7 @@ def test_model_that_fails_to_load_is_marked_unhealthy_and_avoided(served_recorde
     from ray import serve
 
     from skillmoe_ray.engines.recorded import builtin_recorded_dir
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     pool = tmp_path / "mmlu_pro"
     pool.mkdir()

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from skillmoe_ray.recruitment import (
+from skillmoe_ray.routing.recruitment import (
     apply_usage_floor,
     global_strength,
     local_scores,
@@ -99,7 +99,7 @@ def test_random_router_draws_distinct_experts():
 
 
 def test_deterministic_paper_routing_takes_top_weights_then_fills_by_rank():
-    from skillmoe_ray.recruitment import route_top_by_weight
+    from skillmoe_ray.routing.recruitment import route_top_by_weight
 
     ranking = ["B", "A", "C"]
     # algebra+law: A (3) and B (1) positive; weights favour A; C fills the last place
@@ -111,7 +111,7 @@ def test_deterministic_paper_routing_takes_top_weights_then_fills_by_rank():
 
 
 def test_calibrated_routing_shrinks_per_skill_accuracy_toward_overall():
-    from skillmoe_ray.recruitment import route_calibrated, skill_accuracy
+    from skillmoe_ray.routing.recruitment import route_calibrated, skill_accuracy
 
     skills = [["law"]] * 4 + [["math"]] * 4
     correct = {"X": [True] * 4 + [False] * 4, "Y": [False] * 4 + [True] * 4, "Z": [True, False] * 4}
@@ -140,7 +140,7 @@ def test_every_routing_strategy_of_the_config_has_a_registered_router():
 
     from skillmoe_ray.config import RoutingConfig
     from skillmoe_ray.errors import ConfigError
-    from skillmoe_ray.routers import ROUTERS, make_router
+    from skillmoe_ray.routing.routers import ROUTERS, make_router
 
     assert set(ROUTERS) == set(get_args(RoutingConfig.model_fields["strategy"].annotation))
     with pytest.raises(ConfigError, match="known: .*paper"):

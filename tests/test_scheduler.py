@@ -89,7 +89,7 @@ def test_a_question_with_resident_experts_returns_before_a_slow_one_of_the_same_
 
     from skillmoe_ray.serving.actors import start_aggregator, start_workers, stop_actors
     from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, Work, limits_for
-    from skillmoe_ray.tasks import Question, load_questions
+    from skillmoe_ray.tasks.catalogue import Question, load_questions
 
     real = {"clock": "real", "time_scale": 1.0, "load_fixed_s": 2.0, "load_gbps": 1e9, "out_tokens": 1}
     experts = [sim_expert("fast", 1.0, **real), sim_expert("slow", 1.0, **real)]
@@ -154,7 +154,7 @@ def test_losing_an_ingress_replica_under_load_keeps_the_pool(served_recorded, st
     import ray
     from ray import serve
 
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     deploy(RECORDED_CONFIG, "two", state_dir,
            ingress_replicas=2, workers=2, cpus_per_worker=0.25)
@@ -218,7 +218,7 @@ def test_a_restarted_scheduler_attaches_to_the_same_workers(served_recorded, sta
     import ray
     from ray import serve
 
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     deploy(RECORDED_CONFIG, "again", state_dir, workers=1, cpus_per_worker=0.25)
     url = served_recorded + "/again"
@@ -279,7 +279,7 @@ def streaming_pool(ray_cluster):
 
 def _work(i: int):
     from skillmoe_ray.serving.scheduler import Work
-    from skillmoe_ray.tasks import Question, load_questions
+    from skillmoe_ray.tasks.catalogue import Question, load_questions
 
     q = load_questions("GPQA", "test")[i]
     question = Question("GPQA", "request", i, q.text)

@@ -95,7 +95,7 @@ def cluster_view(gcs: str, env: dict) -> dict:
 
 @pytest.mark.slow
 def test_serve_deploy_on_a_two_node_cluster_answers_and_shuts_down_cleanly():
-    from skillmoe_ray.tasks import load_questions
+    from skillmoe_ray.tasks.catalogue import load_questions
 
     t0 = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="smd", dir="/tmp")  # short: Ray's socket paths live under it

@@ -9,9 +9,9 @@ from httpclient import get, post
 
 from skillmoe_ray.pipeline import Pipeline
 from skillmoe_ray.scheduling.planner import CostModel
-from skillmoe_ray.aggregators import VoteAggregator
-from skillmoe_ray.routers import make_router
-from skillmoe_ray.tasks import Question, get_task
+from skillmoe_ray.aggregation.aggregators import VoteAggregator
+from skillmoe_ray.routing.routers import make_router
+from skillmoe_ray.tasks.catalogue import Question, get_task
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ class Load:
     """A few clients posting MMLU-Pro questions to /v1/solve in a loop until told to stop (loopback, bounded)."""
 
     def __init__(self, url: str, clients: int = 4) -> None:
-        from skillmoe_ray.tasks import load_questions
+        from skillmoe_ray.tasks.catalogue import load_questions
 
         self.url = url
         self.questions = [q.text for q in load_questions("MMLU_Pro", "test")[:200]]

@@ -7,7 +7,7 @@ from skillmoe_ray.config import ExpertConfig
 from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
 from skillmoe_ray.engines.registry import create_engine
 from skillmoe_ray.engines.simulated import Clock, CostConstants, SimulatedEngine, SimulatedSpec
-from skillmoe_ray.tasks import get_task, load_questions
+from skillmoe_ray.tasks.catalogue import get_task, load_questions
 
 
 def test_cost_model_formulas():

@@ -11,7 +11,7 @@ from skillmoe_ray.skills.extract import (
     parse_keywords,
     vote_keywords,
 )
-from skillmoe_ray.tasks import Question
+from skillmoe_ray.tasks.catalogue import Question
 
 
 def test_parse_keywords():

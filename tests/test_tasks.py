@@ -4,7 +4,7 @@ import pytest
 
 from skillmoe_ray.config import load_config
 from skillmoe_ray.errors import ConfigError, DataError
-from skillmoe_ray.tasks import TASKS, get_task, load_questions
+from skillmoe_ray.tasks.catalogue import TASKS, get_task, load_questions
 
 SIZES = {"AIME24": (354, 30), "GPQA": (249, 198), "MMLU_Pro": (350, 2100), "MedMCQA": (504, 4183)}
 
@@ -69,7 +69,7 @@ def test_builtins_are_definitions_of_the_same_kind():
 
 
 def test_a_defined_task_is_in_the_catalogue_and_served_by_default(tmp_path):
-    from skillmoe_ray.tasks import Catalogue, NumberFormat
+    from skillmoe_ray.tasks.catalogue import Catalogue, NumberFormat
 
     write_data(tmp_path)
     cfg = load_config(deployment(tmp_path, """tasks:
@@ -103,7 +103,7 @@ def test_task_files_are_included_with_paths_relative_to_them(tmp_path):
     write_data(sub, "v.json", [{"question": "Capital of France?", "gold_answer": "Paris"}])
     (sub / "task.yaml").write_text("tasks:\n  - {name: capitals, data: {validation: v.json}, answer: exact}\n")
     cfg = load_config(deployment(tmp_path, "tasks: [mytask/task.yaml]\n", "serving: {tasks: [capitals, GPQA]}\n"))
-    from skillmoe_ray.tasks import Catalogue
+    from skillmoe_ray.tasks.catalogue import Catalogue
 
     task = Catalogue.from_config(cfg).get("capitals")
     assert task.answer_format == "exact" and task.data_path("train") == sub / "v.json"
@@ -184,7 +184,7 @@ def test_errors_in_an_included_file_name_that_file(tmp_path):
     ],
 )
 def test_data_file_errors_name_file_and_line_or_item(tmp_path, name, content, answer, message):
-    from skillmoe_ray.tasks import Catalogue
+    from skillmoe_ray.tasks.catalogue import Catalogue
 
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -194,7 +194,7 @@ def test_data_file_errors_name_file_and_line_or_item(tmp_path, name, content, an
 
 
 def test_data_files_accept_both_gold_fields_and_ignore_extra_ones(tmp_path):
-    from skillmoe_ray.tasks import Catalogue
+    from skillmoe_ray.tasks.catalogue import Catalogue
 
     write_data(tmp_path, "v.json", [{"question": "a", "gold_answer": 3, "id": "x1"},
                                     {"question": "b", "gold": "4", "gold_answer": "4", "category": "c"},
@@ -205,7 +205,7 @@ def test_data_files_accept_both_gold_fields_and_ignore_extra_ones(tmp_path):
 
 
 def test_splits_parse():
-    from skillmoe_ray.tasks import splits_of
+    from skillmoe_ray.tasks.catalogue import splits_of
 
     assert splits_of("validation, test") == ["train", "test"] and splits_of("train,train") == ["train"]
     with pytest.raises(DataError, match="unknown split 'dev'"):

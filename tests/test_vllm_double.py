@@ -527,7 +527,7 @@ def test_vllm_engine_loads_generates_streams_parks_wakes_and_releases_over_the_d
     extraction, park = sleep level 1, load of a parked model = wake_up, release = everything freed."""
     from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
     from skillmoe_ray.skills.extract import KeywordExtractor
-    from skillmoe_ray.tasks import Question
+    from skillmoe_ray.tasks.catalogue import Question
 
     e = _vllm_engine("Qwen", QWEN, size_gb=15.2)
     assert e.can_park  # vLLM's platform here is CUDA: sleep mode

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError, EngineError
-from ..tasks import Catalogue, Task, catalogue_or_builtin, jsonl_objects, load_questions
+from ..tasks.catalogue import Catalogue, Task, catalogue_or_builtin, jsonl_objects, load_questions
 from .base import Engine, GenerationRequest, SamplingSettings
 from .chat import strip_special_tokens
 

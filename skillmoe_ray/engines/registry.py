@@ -10,7 +10,7 @@ from .base import Engine
 from .recorded import RecordedEngine
 
 if TYPE_CHECKING:
-    from ..tasks import Catalogue
+    from ..tasks.catalogue import Catalogue
 
 
 def create_engine(expert: ExpertConfig, catalogue: Catalogue | None = None) -> Engine:

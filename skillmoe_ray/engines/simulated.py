@@ -59,9 +59,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from ..answers import LETTERS
+from ..tasks.answers import LETTERS
 from ..errors import DataError
-from ..tasks import BoxedFormat, Catalogue, ChoiceFormat, NumberFormat, catalogue_or_builtin
+from ..tasks.catalogue import BoxedFormat, Catalogue, ChoiceFormat, NumberFormat, catalogue_or_builtin
 from .base import Engine, GenerationRequest, SamplingSettings
 from .sharing import Cohort, SharedDecode
 

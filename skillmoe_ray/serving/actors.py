@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from ..config import ExpertConfig
 from ..errors import EngineError
 from ..scheduling.planner import CostModel
-from ..tasks import Catalogue
+from ..tasks.catalogue import Catalogue
 from .aggregator_worker import AggregatorWorker
 from .workers import ExpertWorker
 

@@ -19,7 +19,7 @@ from ..engines.base import GenerationRequest, SamplingSettings
 from ..errors import EngineError, SkillMoEError
 from ..execution import describe_unhealthy, substitute_unhealthy
 from ..solution import ExpertAnswer
-from ..tasks import Question
+from ..tasks.catalogue import Question
 from . import metrics
 
 

@@ -8,9 +8,9 @@ import logging
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from ..aggregators import VoteAggregator
+from ..aggregation.aggregators import VoteAggregator
 from ..solution import ExpertAnswer
-from ..tasks import Catalogue, Question
+from ..tasks.catalogue import Catalogue, Question
 from . import metrics
 from .worker_pool import _await, cancel
 

@@ -12,11 +12,11 @@ import os
 import threading
 from typing import Any, Iterator
 
-from ..aggregators import LLMAggregator, is_agreement
+from ..aggregation.aggregators import LLMAggregator, is_agreement
 from ..config import ExpertConfig
 from ..engines.base import Engine
 from ..engines.registry import create_engine
-from ..tasks import Catalogue, catalogue_or_builtin
+from ..tasks.catalogue import Catalogue, catalogue_or_builtin
 from .devices import gpu_bytes
 from .workers import _cancelled, _node_id
 
@@ -47,7 +47,7 @@ class AggregatorWorker:
 
     def aggregate(self, task_name: str, questions: list, answers: list, seed: int) -> list[tuple[str | None, str, str]]:
         from ..execution import LocalExecutor
-        from ..aggregators import VoteAggregator, WeightedVoteAggregator
+        from ..aggregation.aggregators import VoteAggregator, WeightedVoteAggregator
 
         task = self.catalogue.get(task_name)
         if self.mode == "llm" and self.engine is not None and self.llm is not None:

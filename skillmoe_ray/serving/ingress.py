@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from ..aggregators import Aggregator
+from ..aggregation.aggregators import Aggregator
 from ..engines.base import SamplingSettings
 from ..errors import SkillMoEError
 from ..execution import ExpertPlan
@@ -32,8 +32,8 @@ from ..pipeline import Pipeline, expert_requests
 from ..solution import ExpertAnswer
 from ..profiles import Profiles
 from ..runtime import Runtime
-from ..routers import make_router
-from ..tasks import Question, Task
+from ..routing.routers import make_router
+from ..tasks.catalogue import Question, Task
 from .app_spec import AppSpec
 from . import http, metrics
 from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate

@@ -33,7 +33,7 @@ from ..scheduling.planner import Assignment, Costs
 from ..scheduling.residency import Limits
 from ..scheduling.timing import JobTimes
 from ..solution import ExpertAnswer
-from ..tasks import Catalogue, Question, catalogue_or_builtin
+from ..tasks.catalogue import Catalogue, Question, catalogue_or_builtin
 from . import metrics
 from .admission import Admission, Open, Overloaded, Slot, Unavailable, Work, substitute
 from .aggregating import Aggregation

@@ -22,8 +22,8 @@ from ..execution import ExpertPlan
 from ..solution import ExpertAnswer
 from ..pool import pool_experts, pool_fingerprint
 from ..profiles import Profiles
-from ..aggregators import log_odds_weights
-from ..tasks import Catalogue, Question
+from ..aggregation.aggregators import log_odds_weights
+from ..tasks.catalogue import Catalogue, Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
 from .app_spec import AppSpec
 from ..scheduling.dispatch import Policy

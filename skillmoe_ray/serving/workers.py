@@ -36,7 +36,7 @@ from ..engines.merging import MergedCalls
 from ..engines.registry import create_engine
 from ..errors import EngineError, SkillMoEError
 from ..scheduling.residency import Limits, ModelTraits, Step, Tiers, after_job, step, traits_of
-from ..tasks import Catalogue
+from ..tasks.catalogue import Catalogue
 from . import metrics
 from .devices import worker_budget
 from .messages import BringReport, JobReport, JobTiming, WorkerState

@@ -28,7 +28,7 @@ import numpy as np
 from ..engines.base import Engine, GenerationRequest, SamplingSettings
 from ..errors import ConfigError
 from ..prompts import KEYWORD_PROMPT
-from ..tasks import Question
+from ..tasks.catalogue import Question
 from .embeddings import Embedder
 
 

@@ -219,7 +219,7 @@ def run_deployment(path: str, aggregator: str, out: dict) -> None:
     from skillmoe_ray.serving.actors import cost_model_for, start_aggregator, start_workers
     from skillmoe_ray.serving.scheduler import RayExecutor, Scheduler, limits_for
     from skillmoe_ray.solution import ExpertAnswer
-    from skillmoe_ray.tasks import Catalogue
+    from skillmoe_ray.tasks.catalogue import Catalogue
 
     cfg = load_config(ROOT / path)
     sv = cfg.serving

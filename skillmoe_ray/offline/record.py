@@ -31,13 +31,13 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from . import __version__
-from .engines.base import SamplingSettings
-from .engines.recorded import MANIFEST, read_recording
-from .errors import ConfigError, DataError, EngineError
-from .pipeline import expert_requests
-from .runtime import Runtime
-from .tasks import Question, Task
+from .. import __version__
+from ..engines.base import SamplingSettings
+from ..engines.recorded import MANIFEST, read_recording
+from ..errors import ConfigError, DataError, EngineError
+from ..pipeline import expert_requests
+from ..runtime import Runtime
+from ..tasks.catalogue import Question, Task
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .tasks import Task
+from ..tasks.catalogue import Task
 
 
 def _same(task: Task | None) -> Callable[[str, str], bool]:

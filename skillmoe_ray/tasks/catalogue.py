@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal
 
 from . import answers
-from .errors import DataError
+from ..errors import DataError
 
 if TYPE_CHECKING:
-    from .config import AnswerSpec, Config, TaskSpec
+    from ..config import AnswerSpec, Config, TaskSpec
 
 Split = Literal["train", "test"]
 #: the recorded format's split names: "train" is the validation split (the reference's naming)
@@ -385,7 +385,7 @@ class Catalogue:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Catalogue":
-        from .config import builtin_task_specs
+        from ..config import builtin_task_specs
 
         data_dir = cfg.benchmarks_dir()
         builtin = tuple(Task.from_spec(s, data_dir) for s in builtin_task_specs())
@@ -415,7 +415,7 @@ class Catalogue:
 
 @lru_cache(maxsize=1)
 def builtin_catalogue() -> Catalogue:
-    from .config import builtin_task_specs
+    from ..config import builtin_task_specs
 
     return Catalogue(tuple(Task.from_spec(s) for s in builtin_task_specs()))
 

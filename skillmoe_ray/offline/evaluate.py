@@ -15,14 +15,14 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from .aggregators import AGGREGATORS, Aggregator, OrderedVoteAggregator
-from .budget import expert_sizes
-from .pipeline import Pipeline
-from .profiles import Profiles
-from .reading import Readability, format_readability, pool_readability
-from .routers import ROUTERS, BudgetRouter, FixedRouter, RandomRouter, Router
-from .runtime import Runtime
-from .tasks import Question, Task
+from ..aggregation.aggregators import AGGREGATORS, Aggregator, OrderedVoteAggregator
+from ..routing.budget import expert_sizes
+from ..pipeline import Pipeline
+from ..profiles import Profiles
+from ..tasks.reading import Readability, format_readability, pool_readability
+from ..routing.routers import ROUTERS, BudgetRouter, FixedRouter, RandomRouter, Router
+from ..runtime import Runtime
+from ..tasks.catalogue import Question, Task
 
 
 @dataclass
@@ -88,7 +88,7 @@ def own_methods(rt: Runtime, prof: Profiles) -> list[Method]:
 
 def budget_methods(rt: Runtime, prof: Profiles, max_calls: Sequence[int] | None = None,
                    size_weights: Sequence[float] = (1.0,)) -> list[Method]:
-    """Cost-aware cascades (budget.py): ask until two agree, at most ``max_calls`` experts.
+    """Cost-aware cascades (routing/budget.py): ask until two agree, at most ``max_calls`` experts.
 
     By default the budgets 3, 4 and ``routing.max_calls``, the per-skill order's
     prior strength chosen by CV on the validation split; at the largest budget
@@ -158,7 +158,7 @@ def evaluate(rt: Runtime, task: Task, seeds: Sequence[int], methods: Sequence[st
         wanted = set(methods)
         unknown = wanted - {m.name for m in all_methods}
         if unknown:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"unknown method(s): {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(m.name for m in all_methods)}")

@@ -12,16 +12,16 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from .aggregation import vote_settled
+from ..aggregation.votes import vote_settled
 from .budget import agreement_settled, apply_budget, choose_prior_strength, expert_sizes, order_experts, shrunk_accuracy
-from .errors import ConfigError
-from .profiles import Profiles
+from ..errors import ConfigError
+from ..profiles import Profiles
 from .recruitment import route_calibrated, route_fixed, route_paper, route_random, route_top_by_weight, skill_accuracy
-from .registry import Registry
-from .tasks import Question, Task
+from ..registry import Registry
+from ..tasks.catalogue import Question, Task
 
 if TYPE_CHECKING:
-    from .config import RoutingConfig
+    from ..config import RoutingConfig
 
 
 class Router(ABC):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
-from .errors import DataError
-from .tasks import Task
+from ..errors import DataError
+from .catalogue import Task
 
 #: examples of unread responses kept per expert, and how much of each
 EXAMPLES = 3

@@ -36,7 +36,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .aggregation import group_answers, vote_settled
+from ..aggregation.votes import group_answers, vote_settled
 
 #: (right, seen) per expert and skill, as :func:`.recruitment.skill_accuracy` returns
 SkillCounts = Mapping[str, Mapping[str, tuple[float, float]]]

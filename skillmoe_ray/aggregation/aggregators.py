@@ -11,18 +11,18 @@ import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Generator, Sequence
 
-from .aggregation import agreed, weighted_vote
-from .engines.base import Engine, GenerationRequest, SamplingSettings
-from .errors import ConfigError
-from .profiles import Profiles
-from .prompts import aggregation_prompt
-from .registry import Registry
-from .solution import ExpertAnswer
-from .tasks import Question, Task
+from .votes import agreed, weighted_vote
+from ..engines.base import Engine, GenerationRequest, SamplingSettings
+from ..errors import ConfigError
+from ..profiles import Profiles
+from ..prompts import aggregation_prompt
+from ..registry import Registry
+from ..solution import ExpertAnswer
+from ..tasks.catalogue import Question, Task
 
 if TYPE_CHECKING:
-    from .config import AggregationConfig
-    from .execution import Executor
+    from ..config import AggregationConfig
+    from ..execution import Executor
 
 
 class Aggregator(ABC):

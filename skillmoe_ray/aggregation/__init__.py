@@ -1,0 +1,1 @@
+"""Aggregation: merging the experts' answers (votes, the aggregator classes, choosing an aggregator)."""

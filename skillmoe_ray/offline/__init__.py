@@ -1,0 +1,1 @@
+"""Offline runs: evaluation over a test split and recording a pool's answers."""
