@@ -90,3 +90,31 @@ def test_predictions_match_what_a_worker_applying_the_same_step_holds():
 
 def test_queues_of_reports_counts_and_the_oldest_wait():
     assert queues_of({"A": [1.0, 3.0], "B": []}, 10.0) == [Queue("A", 2, 9.0)]
+
+
+def test_a_failing_policy_fails_the_queued_questions_rather_than_leaving_them_waiting(monkeypatch):
+    """No Ray: a scheduler over one worker handle it never gets to call."""
+    import asyncio
+
+    import pytest
+
+    from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+    from skillmoe_ray.errors import EngineError
+    from skillmoe_ray.scheduling.planner import CostModel
+    from skillmoe_ray.serving import scheduler as S
+    from skillmoe_ray.tasks.catalogue import Question
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the policy")
+
+    monkeypatch.setattr(S, "decide", broken)
+    sched = S.Scheduler([object()], LIMITS, CostModel(), probe_interval_s=0)
+    work = S.Work(Question("GPQA", "request", 0, "q?"), ["A", "B"], GenerationRequest.user("q?"),
+                  SamplingSettings(), 0, ["A", "B"])
+
+    async def ask():
+        return await asyncio.wait_for(sched.solve(work), timeout=5)
+
+    with pytest.raises(EngineError, match="failed to place"):
+        asyncio.run(ask())
+    assert sched.pending == 0

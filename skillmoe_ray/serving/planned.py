@@ -10,9 +10,9 @@ the predicted loads and wakes are the ones that happen.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Hashable, Mapping
 
-from ..engines.base import SamplingSettings
+from ..engines.base import GenerationRequest, SamplingSettings
 from ..errors import EngineError
 from ..execution import ExpertPlan
 from .http import user_error
@@ -21,10 +21,13 @@ from .admission import Unavailable
 from .worker_pool import WorkerLost
 
 if TYPE_CHECKING:
-    from .scheduler import Item, Scheduler
+    from .scheduler import Scheduler
+
+#: (item key, request): the key comes back with the item's text
+Item = tuple[Hashable, GenerationRequest]
 
 
-def split_items(items: Mapping[str, list["Item"]], assignment: Assignment) -> dict[int, list[tuple[str, list]]]:
+def split_items(items: Mapping[str, list[Item]], assignment: Assignment) -> dict[int, list[tuple[str, list]]]:
     """Each worker's jobs with the items it runs: an expert split over workers is cut in order."""
     offsets: dict[str, int] = {}
     out: dict[int, list[tuple[str, list]]] = {}
@@ -38,7 +41,7 @@ def split_items(items: Mapping[str, list["Item"]], assignment: Assignment) -> di
     return out
 
 
-def send_planned(sched: "Scheduler", items: Mapping[str, list["Item"]], sampling: SamplingSettings) -> list[asyncio.Future]:
+def send_planned(sched: "Scheduler", items: Mapping[str, list[Item]], sampling: SamplingSettings) -> list[asyncio.Future]:
     """Plan ``items`` (expert -> prompts) over the live workers and send each worker its jobs in order.
 
     Returns one future per job, resolving to (expert, items, the worker's report or the exception); a

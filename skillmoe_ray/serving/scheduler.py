@@ -11,10 +11,9 @@
 
 There is no batch barrier online: a question's prompts start as soon as the
 policy places them, and it is answered as soon as they are done. A whole batch
-handed over at once (:meth:`Scheduler.run_plan`: cascade rounds, the keyword
-LLM, benchmarks) is still planned as a unit by
-:func:`~skillmoe_ray.scheduling.planner.plan_grouped`, which loads each expert
-once for it. All state lives on one asyncio event loop, so nothing here needs a lock.
+handed over at once (:meth:`Scheduler.run_plan`: cascade rounds, the keyword LLM,
+benchmarks) is still planned as a unit (:mod:`.planned`), each expert loaded once
+for it. All state lives on one asyncio event loop, so nothing here needs a lock.
 """
 
 from __future__ import annotations
@@ -23,9 +22,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, AsyncIterator, Hashable, Mapping, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
-from ..engines.base import GenerationRequest, SamplingSettings
+from ..engines.base import SamplingSettings
 from ..errors import EngineError
 from ..execution import ExpertPlan
 from ..scheduling.dispatch import Policy, WorkerView, decide, expected_order, predicted_bring, queues_of
@@ -43,7 +42,6 @@ from .worker_pool import WorkerLost, WorkerPool, _await, limits_for, limits_from
 
 log = logging.getLogger(__name__)
 
-Item = tuple[Hashable, GenerationRequest]
 __all__ = ["Scheduler", "Work", "Overloaded", "Unavailable", "WorkerLost", "limits_for", "limits_from",
            "RayExecutor", "_await"]
 
@@ -180,6 +178,15 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         self._kicked = False
+        try:
+            self._dispatch_now()
+        except Exception as exc:  # noqa: BLE001 - a scheduler bug must not leave queued questions hanging
+            log.exception("dispatch failed")
+            for e in list(self.admission.queues):
+                for s in self.admission.take(e, 10**9):
+                    s.q.fail(EngineError(f"the scheduler failed to place this question ({type(exc).__name__})"))
+
+    def _dispatch_now(self) -> None:
         self.pool.ensure_prober()
         waiting = self.admission.waiting()
         if not waiting:
@@ -197,7 +204,7 @@ class Scheduler:
         now = time.perf_counter()
         seen = [WorkerView(w, views[w].tiers, dict(views[w].running),
                            views[w].bringing or ("(planned jobs)" if views[w].planned else None), views[w].draining,
-                           self._free_in(w, now))
+                           self.pool.free_in(w, now))
                 for w in alive]
         upcoming = expected_order(waiting, self.usage, self.expert_names)
         decision = decide(queues_of(waiting, now), seen, self.limits, self.policy, upcoming)
@@ -222,11 +229,6 @@ class Scheduler:
                 self.events.append({"worker": send.wid, "event": bring, "expert": send.expert, "n": len(slots),
                                     "at": time.time()})
                 asyncio.ensure_future(self._bring_then_generate(send.wid, send.expert, bring, slots, upcoming))
-
-    def _free_in(self, wid: int, now: float) -> float:
-        """Seconds until the worker's running calls should be done, from each expert's measured call time."""
-        starts = self.pool.views[wid].started
-        return max((t + self.times.call_s(e) - now for e, t in starts.values()), default=0.0)
 
     async def _bring_then_generate(self, wid: int, expert: str, bring: str, slots: list[Slot],
                                    upcoming: list[str]) -> None:

@@ -97,6 +97,11 @@ class WorkerPool:
     def alive(self) -> list[int]:
         return [wid for wid, v in self.views.items() if v.alive]
 
+    def free_in(self, wid: int, now: float) -> float:
+        """Seconds until the worker's running calls should be done, from each expert's measured call time."""
+        starts = self.views[wid].started
+        return max((t + self.times.call_s(e) - now for e, t in starts.values()), default=0.0)
+
     def counts(self) -> dict[int, tuple[int, int]]:
         return {wid: (v.predicted_loads, v.predicted_wakes) for wid, v in self.views.items()}
 
