@@ -111,10 +111,16 @@ def substitute_unhealthy(selections: Sequence[Sequence[str]], order: Sequence[st
         new: list[str] = []
         for e in sel:
             if e in unhealthy:
-                e = next((h for h in healthy if h not in new and h not in sel), healthy[0])
+                e = best_substitute(healthy, [*new, *sel])
             new.append(e)
         out.append(new)
     return out
+
+
+def best_substitute(healthy: Sequence[str], taken: Sequence[str]) -> str:
+    """The substitution rule: the first healthy expert (best ranked first) the question does not have yet;
+    if it has them all, the best one again."""
+    return next((h for h in healthy if h not in taken), healthy[0])
 
 
 def describe_unhealthy(unhealthy: Mapping[str, str]) -> str:

@@ -343,7 +343,7 @@ def test_an_aggregator_lost_mid_stream_falls_back_to_a_vote(streaming_pool):
 
     ex, new_aggregator = streaming_pool
     sched = ex.scheduler
-    agg = sched.aggregators["GPQA"]
+    agg = sched.aggregation.actors["GPQA"]
 
     async def kill_mid_way():
         out = []
@@ -359,7 +359,7 @@ def test_an_aggregator_lost_mid_stream_falls_back_to_a_vote(streaming_pool):
     assert fallback and "aggregator writer failed" in fallback[0]["why"]
     assert result["aggregator"] == "vote (fallback: aggregator writer failed)" and result["answer"] in "ABCD"
     assert sum("delta" in e for e in events) >= 2 and sched.pending == 0
-    sched.aggregators["GPQA"] = new_aggregator()
+    sched.aggregation.actors["GPQA"] = new_aggregator()
 
 
 def test_a_generation_five_times_slower_than_predicted_keeps_its_worker(ray_cluster):
@@ -389,7 +389,7 @@ def test_a_generation_five_times_slower_than_predicted_keeps_its_worker(ray_clus
                        SamplingSettings(max_tokens=400))
         took = time.perf_counter() - t0
         assert len(texts) == 1 and took >= 5 * (0.5 + predicted)  # well past its deadline
-        assert sched.slow_jobs >= 1 and sched.views[0].alive
+        assert sched.pool.slow_jobs >= 1 and sched.pool.views[0].alive
         assert not [e for e in sched.events if e["event"] == "lost"], sched.events
         # and it learned: the next deadline is counted from what this job took
         assert sched.times.experts["slow"].step_s > 0.16 / 400

@@ -2,7 +2,7 @@
 
 A deployment's ``aggregation.mode`` is a key of :data:`AGGREGATORS`, so the
 server (:func:`make_aggregator`) and ``skillmoe evaluate`` build the same
-object from the same name. The vote arithmetic itself is in :mod:`.aggregation`.
+object from the same name. The vote arithmetic itself is in :mod:`.votes`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class VoteAggregator(Aggregator):
 class OrderedVoteAggregator(VoteAggregator):
     """Majority vote; ties go to the answer of the expert asked first (the router's per-question order).
 
-    The budget router's (:class:`.routers.BudgetRouter`) partner: its stopping
+    The budget router's (:class:`..routing.routers.BudgetRouter`) partner: its stopping
     rule assumes this tie-break. Not a deployment ``aggregation.mode``, so it
     is not registered; ``skillmoe evaluate`` pairs it with the budget cascades.
     """

@@ -5,7 +5,7 @@ validation split: for each question, one correct and two wrong chains of
 thought, shuffled; every candidate answers; the best hit rate wins. The
 aggregator then reads the k experts' chains of thought (each cut after any
 ``</think>``) and answers the question itself. The prompt texts live in
-:mod:`.prompts`, the aggregator objects in :mod:`.aggregators`.
+:mod:`..prompts`, the aggregator objects in :mod:`.aggregators`.
 """
 
 from __future__ import annotations

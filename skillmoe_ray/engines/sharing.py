@@ -64,10 +64,9 @@ class SharedDecode:
     #: a cohort's running sequences may change by about this share between two looks
     GRANULARITY = 0.05
 
-    def __init__(self, step_fixed_s: float, speedup: float, scale: float,
-                 now: Callable[[], float] = time.perf_counter):
-        self.step_fixed_s = step_fixed_s / max(speedup, 1e-9)
-        self.speedup = max(speedup, 1e-9)
+    def __init__(self, step_fixed_s: float, scale: float, now: Callable[[], float] = time.perf_counter):
+        # tensor parallelism speeds a cohort alone and shared alike: its alone-seconds hold it, the ratio not
+        self.step_fixed_s = step_fixed_s
         self.scale = scale
         self._now = now
         self._cond = threading.Condition()
@@ -78,7 +77,6 @@ class SharedDecode:
 
     def run(self, cohort: Cohort) -> float:
         """Block until ``cohort`` is done; its simulated seconds."""
-        cohort.per_seq_s /= self.speedup
         with self._cond:
             self._advance()
             start = self._last

@@ -229,7 +229,7 @@ class SimulatedEngine(Engine):
         self._golds: dict[str, str] = {}
         #: on a real clock, calls that overlap share decode steps (continuous batching; see .sharing)
         self.continuous = not self.clock.virtual
-        self._decode = SharedDecode(self.spec.constants.step_fixed_s, 1.0, self.clock.scale) \
+        self._decode = SharedDecode(self.spec.constants.step_fixed_s, self.clock.scale) \
             if self.continuous else None
 
     @property
@@ -382,7 +382,7 @@ class SimulatedEngine(Engine):
         assert self._decode is not None
         consts = self.spec.constants
         prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
-        mean = consts._capped(sampling.max_tokens).lengths(1)[1]
+        mean = consts.mean_length(sampling.max_tokens)
         per_seq = consts.step_per_seq_s + consts.kv_s_per_token * (prompt + mean)
         cohort = Cohort(self._batch_s(requests, sampling), len(requests), mean, per_seq,
                         float(consts.concurrency(mean, prompt, self.tp)))

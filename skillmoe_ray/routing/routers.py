@@ -30,7 +30,7 @@ class Router(ABC):
     name: str
     #: experts come back in the order they should be asked; the pipeline asks them
     #: in rounds and stops a question once its vote can no longer change
-    #: (see :func:`.aggregation.vote_settled`)
+    #: (see :func:`..aggregation.votes.vote_settled`)
     cascade: bool = False
     #: best first; the pipeline substitutes an unhealthy expert with the first
     #: healthy one of this order the question does not have yet
@@ -50,7 +50,7 @@ class Router(ABC):
 
         ``remaining``: how many of its experts are not asked yet. By default it
         stops once no remaining vote can change the majority, ties going to the
-        expert asked first (:func:`.aggregation.vote_settled`).
+        expert asked first (:func:`..aggregation.votes.vote_settled`).
         """
         return vote_settled(preds, list(range(len(preds))), remaining, task)
 
@@ -208,7 +208,7 @@ class BudgetRouter(Router):
     overall accuracy (see :mod:`.budget`); by default the prior strength is
     chosen by cross-validation on the validation split. With ``size_weight``
     > 0 the order is cost-weighted: estimate / size ** w. Pair it with
-    :class:`.aggregators.OrderedVoteAggregator` so vote ties go to the expert
+    :class:`..aggregation.aggregators.OrderedVoteAggregator` so vote ties go to the expert
     asked first, as the stopping rule assumes.
     """
 

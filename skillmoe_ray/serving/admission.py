@@ -17,7 +17,7 @@ from typing import Any
 
 from ..engines.base import GenerationRequest, SamplingSettings
 from ..errors import EngineError, SkillMoEError
-from ..execution import describe_unhealthy, substitute_unhealthy
+from ..execution import best_substitute, describe_unhealthy, substitute_unhealthy
 from ..solution import ExpertAnswer
 from ..tasks.catalogue import Question
 from . import metrics
@@ -122,7 +122,7 @@ def substitute(experts: list[str], slot: int | None, ranking: list[str], names: 
     if not healthy:
         raise EngineError(f"experts kept failing to load: {describe_unhealthy(unhealthy)}")
     new = list(experts)
-    new[slot] = next((h for h in healthy if h not in others), healthy[0])
+    new[slot] = best_substitute(healthy, others)
     return new
 
 
@@ -190,6 +190,12 @@ class Admission:
                 q.fail(exc)
                 continue
             self.enqueue([Slot(q, s.slot)])
+
+    def fail_queued(self, exc: BaseException) -> None:
+        """Every queued slot's question fails with ``exc`` (the queues are left empty)."""
+        for e in list(self.queues):
+            for s in self.take(e, len(self.queues[e])):
+                s.q.fail(exc)
 
     def waiting(self) -> dict[str, list[float]]:
         """Each expert's queued slots' enqueue times (dropped questions pruned)."""

@@ -38,6 +38,7 @@ from .admission import Admission, Open, Overloaded, Slot, Unavailable, Work, sub
 from .aggregating import Aggregation
 from .http import user_error
 from .messages import JobReport
+from .planned import run_planned
 from .worker_pool import WorkerLost, WorkerPool, _await, limits_for, limits_from
 
 log = logging.getLogger(__name__)
@@ -81,18 +82,6 @@ class Scheduler:
     @property
     def events(self) -> Any:
         return self.pool.events
-
-    @property
-    def aggregators(self) -> dict[str, Any]:
-        return self.aggregation.actors
-
-    @property
-    def views(self) -> dict[int, Any]:
-        return self.pool.views
-
-    @property
-    def slow_jobs(self) -> int:
-        return self.pool.slow_jobs
 
     @property
     def aggregator_names(self) -> dict[str, str]:
@@ -182,9 +171,8 @@ class Scheduler:
             self._dispatch_now()
         except Exception as exc:  # noqa: BLE001 - a scheduler bug must not leave queued questions hanging
             log.exception("dispatch failed")
-            for e in list(self.admission.queues):
-                for s in self.admission.take(e, 10**9):
-                    s.q.fail(EngineError(f"the scheduler failed to place this question ({type(exc).__name__})"))
+            self.admission.fail_queued(EngineError(f"the scheduler failed to place this question "
+                                                   f"({type(exc).__name__})"))
 
     def _dispatch_now(self) -> None:
         self.pool.ensure_prober()
@@ -194,11 +182,9 @@ class Scheduler:
         alive = self.pool.alive()
         if not alive:
             lost = len(self.pool.views)
-            err = Unavailable(f"no worker of the pool is reachable ({lost} of {lost} lost with their nodes); the "
-                              "pool grows back when the cluster has room for its workers again - retry shortly")
-            for e in waiting:
-                for s in self.admission.take(e, 10**9):
-                    s.q.fail(err)
+            self.admission.fail_queued(Unavailable(
+                f"no worker of the pool is reachable ({lost} of {lost} lost with their nodes); the pool grows back "
+                "when the cluster has room for its workers again - retry shortly"))
             return
         views = self.pool.views
         now = time.perf_counter()
@@ -245,7 +231,7 @@ class Scheduler:
                 self.pool.adopt([report.state])
                 self.unhealthy[expert] = report.failed
                 metrics.unhealthy(len(self.unhealthy))
-                self._substitute(slots)
+                self.admission.substitute(slots, self.unhealthy, self.expert_names, self.attempts)
             self._kick()
             return
         if not v.planned and v.inflight == 0:
@@ -300,10 +286,6 @@ class Scheduler:
             else:
                 again.append(s)
         self.admission.enqueue(again, front=True)
-
-    def _substitute(self, slots: list[Slot]) -> None:
-        """Slots of an expert that failed to load go to the best-ranked healthy expert their question lacks."""
-        self.admission.substitute(slots, self.unhealthy, self.expert_names, self.attempts)
 
     @staticmethod
     def _fail(slots: list[Slot], exc: BaseException, expert: str) -> None:
@@ -390,8 +372,6 @@ class Scheduler:
         LLM, benchmarks. Items of an expert that failed to load are left out (see ``unhealthy``), as the
         executor protocol says. With ``with_usage``: (texts, the plan's summed prompt and completion tokens).
         """
-        from .planned import run_planned
-
         out = await run_planned(self, plan, sampling)
         self._kick()
         return out if with_usage else out[0]

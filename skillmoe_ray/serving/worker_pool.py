@@ -33,8 +33,9 @@ class WorkerLost(Exception):
 
 
 @dataclass
-class WorkerView:
-    """What the scheduler believes about one worker."""
+class WorkerRecord:
+    """What the scheduler believes about one worker (the dispatch policy is handed a plain snapshot of it,
+    :class:`~skillmoe_ray.scheduling.dispatch.WorkerView`)."""
 
     #: what it holds once its calls in flight are done (exact between brings: the scheduler sends one at a time)
     tiers: Tiers = field(default_factory=Tiers)
@@ -75,7 +76,7 @@ class WorkerPool:
         self.job_timeout_factor = job_timeout_factor
         self.job_timeout_min_s = job_timeout_min_s
         self.probe_interval_s = probe_interval_s
-        self.views = {i: WorkerView() for i in range(len(self.workers))}
+        self.views = {i: WorkerRecord() for i in range(len(self.workers))}
         #: expert -> why it is out of service (its load failed on a worker); routing avoids these
         self.unhealthy: dict[str, str] = {}
         #: the latest losses, returns, slow jobs, brings and drains, for the pool view and benchmarks

@@ -340,7 +340,7 @@ def run_slow(out: dict) -> None:
         t0 = time.perf_counter()
         texts = ex.run({"Phi": [(1, 0, req)]}, SamplingSettings(max_tokens=128, seed=0))
         out["slow"] = {"took_s": time.perf_counter() - t0, "deadline_s": 0.3 + predicted, "answered": len(texts),
-                       "slow_jobs": sched.slow_jobs, "alive": sched.views[0].alive,
+                       "slow_jobs": sched.pool.slow_jobs, "alive": sched.pool.views[0].alive,
                        "events": [e["event"] for e in sched.events]}
     finally:
         ex.close()
