@@ -140,7 +140,7 @@ def start_serving(config_path: str | Path, cfg: Config, host: str, port: int, re
     app = _interruptible(stop, lambda: build_application(cfg, recorded_dir, progress=announce, cluster_check=True))
     if app is None:
         return None
-    stage(f"starting {cfg.serving.workers} worker(s) and the scheduler; models load as the first batches need them")
+    stage(f"starting {cfg.serving.workers} worker(s) and the scheduler; models load as the first questions need them")
     return url if _deploy(app, stop) is not None else None
 
 
