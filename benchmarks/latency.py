@@ -30,6 +30,13 @@ system: one worker per GPU, grouped, load-balanced, long jobs split, no sleep),
     python benchmarks/latency.py --real      # real models: the CPU pool on vLLM CPU, 4 questions
     python benchmarks/latency.py --nodes 2   # the planner on 1 node x 8 GPUs and on 2 nodes x 4 (multi-node)
     python benchmarks/latency.py --memory 80,141  # memory in bytes on H100s and H200s vs one model a GPU
+    python benchmarks/latency.py --quick --constants benchmarks/results/gpu-proof-h200-constants.json
+        # measured cost constants (JSON, CostConstants fields) for every expert; those it gives are not fitted
+
+With ``--constants FILE`` the file's constants replace the config's for every
+expert, and calibration fits only the free constants the file does not give
+(``load_fixed_s`` alone to naive@1 when it gives ``step_fixed_s``); the result
+files get the file's name appended (latency-sim-quick-<file stem>.*).
 
 With ``--real`` the pool is ``deployments/local-cpu.yaml`` (four small
 packaged models on vLLM's CPU build) on the first few GPQA test questions:
@@ -107,11 +114,53 @@ def predict(s: dict, costs, strategy: str, workers: int, n_naive: int | None = N
     return planner_s(s["selections"], s["aggregator"], costs, workers, s["agg_tokens"]) / n
 
 
+def load_constants(path: str) -> dict:
+    """``--constants``: a JSON object of :class:`CostConstants` fields (keys starting ``_`` are notes)."""
+    import json
+
+    from skillmoe_ray.engines.simulated import CostConstants
+
+    raw = json.loads(Path(path).read_text())
+    got = {k: v for k, v in raw.items() if not k.startswith("_")}
+    unknown = sorted(set(got) - set(CostConstants.__dataclass_fields__))
+    if unknown:
+        raise SystemExit(f"--constants {path}: not CostConstants fields: {', '.join(unknown)}")
+    return got
+
+
+def apply_constants(s: dict, constants: dict | None) -> None:
+    """The file's constants for every expert, in the predictions and in the simulated engines (``measure``)."""
+    s["given"] = dict(constants or {})
+    if constants:
+        s["costs"] = s["costs"].with_constants(**constants)
+
+
+def fitted_figures(given: dict) -> list[str]:
+    """The paper's figures the calibration fits, given the constants a ``--constants`` file fixes."""
+    if not {"load_fixed_s", "step_fixed_s"} & set(given):
+        return ["naive@1", "grouped@1"]
+    return [k for k, c in (("naive@1", "load_fixed_s"), ("grouped@1", "step_fixed_s")) if c not in given]
+
+
 def calibrate(s: dict):
     from skillmoe_ray.scheduling.makespan import fit_two
 
-    load_fixed, step_fixed = fit_two(lambda c: predict(s, c, "naive", 1), lambda c: predict(s, c, "grouped", 1),
-                                     PAPER["naive@1"], PAPER["grouped@1"], s["costs"])
+    given = s.get("given", {})
+    naive = lambda c: predict(s, c, "naive", 1)  # noqa: E731
+    grouped = lambda c: predict(s, c, "grouped", 1)  # noqa: E731
+    if "load_fixed_s" in given or "step_fixed_s" in given:
+        # fit what the file leaves free, to one figure (each figure is affine in each constant)
+        load_fixed = given.get("load_fixed_s")
+        step_fixed = given.get("step_fixed_s")
+        free, fn, target = (("load_fixed_s", naive, PAPER["naive@1"]) if load_fixed is None else
+                            ("step_fixed_s", grouped, PAPER["grouped@1"]))
+        if load_fixed is None or step_fixed is None:
+            base = fn(s["costs"].with_constants(**{free: 0.0}))
+            slope = fn(s["costs"].with_constants(**{free: 1.0})) - base
+            value = (target - base) / slope
+            load_fixed, step_fixed = (value, step_fixed) if free == "load_fixed_s" else (load_fixed, value)
+    else:
+        load_fixed, step_fixed = fit_two(naive, grouped, PAPER["naive@1"], PAPER["grouped@1"], s["costs"])
     fitted = s["costs"].with_constants(load_fixed_s=load_fixed, step_fixed_s=step_fixed)
     checks = {}
     for key, published in PAPER.items():
@@ -133,7 +182,7 @@ def sensitivity(s: dict, efficiencies=(0.25, 0.33, 0.5, 0.75)) -> list[dict]:
             s["costs"] = base.with_constants(tp_efficiency=eff)
             _, constants, checks = calibrate(s)
             out.append({"tp_efficiency": eff, **constants,
-                        **{k: p for k, (p, _) in checks.items() if k not in ("naive@1", "grouped@1")}})
+                        **{k: p for k, (p, _) in checks.items() if k not in fitted_figures(s.get("given", {}))}})
     finally:
         s["costs"] = base
     return out
@@ -241,7 +290,8 @@ def measure(s: dict, fitted, strategy: str, workers: int, scale: float, n_naive:
     experts = []
     for e in s["rt"].experts:
         m = fitted.pool[e.name]
-        args = dict(e.engine_args, clock="real", time_scale=scale, load_fixed_s=m.constants.load_fixed_s,
+        args = dict({**e.engine_args, **s.get("given", {})}, clock="real", time_scale=scale,
+                    load_fixed_s=m.constants.load_fixed_s,
                     step_fixed_s=m.constants.step_fixed_s,
                     release_s=REFERENCE_RELEASE_S if reference else 0.0,
                     tensor_parallel_size=workers if reference else 1)
@@ -290,6 +340,7 @@ def main_memory(args) -> int:
     measured_w = sorted(int(w) for w in (args.workers or "1,4").split(","))
     scale = args.scale or 0.004
     s = setup(args.config, sim_state_dir())
+    apply_constants(s, load_constants(args.constants) if args.constants else None)
     fitted, _, _ = calibrate(s)
     kvs = [float(k) or None for k in args.kv_gb.split(",")]
     layouts: list[tuple[str, float | None, float | None]] = [("one model a GPU", None, None)] + [
@@ -429,6 +480,7 @@ def main_nodes(args) -> int:
     per_node = -(-most // args.nodes)
     layouts = [("1 node", 1, most), (f"{args.nodes} nodes", args.nodes, per_node)]
     s = setup(args.config, sim_state_dir())
+    apply_constants(s, load_constants(args.constants) if args.constants else None)
     fitted, _, _ = calibrate(s)
     predicted = {w: predict(s, fitted, "planner", w) for w in measured_w}
     rows: dict = {}
@@ -517,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(default 0.004; quick 0.001)")
     ap.add_argument("--naive-questions", type=int, default=None, help="questions run naively (default 16; quick 4)")
     ap.add_argument("--predict-only", action="store_true", help="no Ray runs: calibration and predictions only")
+    ap.add_argument("--constants", default=None, help="JSON of cost constants (CostConstants fields) for every expert, "
+                    "e.g. benchmarks/results/gpu-proof-h200-constants.json; the ones it gives are not fitted")
     ap.add_argument("--name", default=None, help="result file name (default latency-sim, latency-sim-quick with "
                     "--quick, latency-real-cpu with --real)")
     ap.add_argument("--real", action="store_true", help="measure real models instead: the CPU pool through vLLM CPU "
@@ -545,20 +599,25 @@ def main(argv: list[str] | None = None) -> int:
         return main_memory(args)
     if args.nodes:
         return main_nodes(args)
-    args.name = args.name or ("latency-sim-quick" if args.quick else "latency-sim")
+    args.name = args.name or ("latency-sim-quick" if args.quick else "latency-sim") + (
+        f"-{Path(args.constants).stem}" if args.constants else "")
     measured_w = [int(w) for w in (args.workers or ("1,4" if args.quick else "1,2,4,8")).split(",")]
     scale = args.scale or (0.001 if args.quick else 0.004)
     n_naive = args.naive_questions or (4 if args.quick else 16)
     worker_counts = sorted(set([1, 2, 4, 8] + measured_w))
 
     s = setup(args.config, sim_state_dir())
+    apply_constants(s, load_constants(args.constants) if args.constants else None)
+    given = s["given"]
+    fitted_to = fitted_figures(given)
     fitted, constants, checks = calibrate(s)
-    print("\nCalibration (fitted to naive@1 and grouped@1):", {k: round(v, 4) for k, v in constants.items()})
-    cal_rows = [[k, f"{p:.2f}", f"{ref:.2f}", f"{100 * (p - ref) / ref:+.1f}%", "fitted" if k in ("naive@1", "grouped@1")
+    print(f"\nCalibration (fitted to {', '.join(fitted_to) or 'nothing'}):",
+          {k: round(v, 4) for k, v in constants.items()})
+    cal_rows = [[k, f"{p:.2f}", f"{ref:.2f}", f"{100 * (p - ref) / ref:+.1f}%", "fitted" if k in fitted_to
                  else "predicted"] for k, (p, ref) in checks.items()]
     cal_md = markdown_table(["figure", "model s/question", "paper s/question", "error", ""], cal_rows)
     sens = sensitivity(s)
-    checked = [k for k in PAPER if k not in ("naive@1", "grouped@1")]
+    checked = [k for k in PAPER if k not in fitted_to]
     sens_md = markdown_table(["TP efficiency", "fitted step (ms)", *checked], [
         [r["tp_efficiency"], f"{1000 * r['step_fixed_s']:.2f}",
          *(f"{r[k]:.2f} ({100 * (r[k] - PAPER[k]) / PAPER[k]:+.0f}%)" for k in checked)] for r in sens])
@@ -621,8 +680,13 @@ def main(argv: list[str] | None = None) -> int:
                + ", ".join(f"{e} {n}" for e, n in sorted(s["work"].items(), key=lambda x: -x[1]))
                + f". Measured at time scale {scale} (wall s = simulated s x scale); naive measured on the first "
                f"{n_naive} questions.")
-    full_md = (f"{setting}\n\n## Calibration\n\nFitted: `load_fixed_s` = {constants['load_fixed_s']:.2f} s, "
-               f"`step_fixed_s` = {1000 * constants['step_fixed_s']:.2f} ms.\n\n{cal_md}\n\n"
+    if given:
+        setting += (f" Constants from `{os.path.relpath(args.constants, ROOT)}` for every expert: "
+                    + ", ".join(f"`{k}` = {v:.6g}" for k, v in given.items()) + ".")
+    full_md = (f"{setting}\n\n## Calibration\n\n{'Fitted' if fitted_to else 'Given'}: "
+               f"`load_fixed_s` = {constants['load_fixed_s']:.2f} s, "
+               f"`step_fixed_s` = {1000 * constants['step_fixed_s']:.2f} ms "
+               f"(fitted to: {', '.join(fitted_to) or 'nothing'}).\n\n{cal_md}\n\n"
                f"The one assumed constant the check figures depend on most is the TP efficiency "
                f"(the config's {s['costs'].pool[s['best']].constants.tp_efficiency}). With it changed and the two "
                f"constants refitted:\n\n{sens_md}\n\n"
@@ -636,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         "calibration": {k: {"model": p_, "paper": ref} for k, (p_, ref) in checks.items()},
         "rows": [{"strategy": st, "workers": w, **r} for (st, w), r in rows.items()],
         "goals": {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in goals.items()},
-        "scale": scale, "quick": args.quick,
+        "scale": scale, "quick": args.quick, "constants_file": args.constants, "given": given, "fitted_to": fitted_to,
     }
     jpath, mpath = write_results(args.name, payload, full_md)
     print(f"\nwrote {jpath}, {mpath}" + (f", {png}" if png.exists() else ""))

@@ -12,6 +12,9 @@ Two modes:
   by the transformers engine and brought back; the floor is the bytes over the
   measured pinned host-to-device bandwidth. Goal: within 1.5x of the floor for
   the 8B shape (vLLM's own sleep/wake takes about 2.2 s for 8B).
+  ``benchmarks/gpu_proof.py`` is the fuller GPU run (floor at 1, 4 and 16 GiB,
+  switches between sizes, decode throughput); its H200 figures are in
+  benchmarks/results/gpu-proof-h200.md.
 
 Writes benchmarks/results/swap-<device>.json and .md.
 """
@@ -29,12 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-LLAMA_SHAPES = {  # hidden, intermediate, layers, heads, kv heads, vocab
-    "1b": (2048, 8192, 16, 32, 8, 128256),
-    "3b": (3072, 8192, 28, 24, 8, 128256),
-    "8b": (4096, 14336, 32, 32, 8, 128256),
-}
 
 
 def host_copy_gbps(nbytes: int = 1 << 30) -> float:
@@ -113,7 +110,6 @@ def bench_pool(config: str, cycles: int, engine_kind: str | None) -> tuple[list[
 
 def bench_random_shapes(shapes: list[str], cycles: int) -> tuple[list[dict], dict]:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from skillmoe_ray.engines.transformers_engine import TransformersEngine
 
@@ -131,22 +127,14 @@ def bench_random_shapes(shapes: list[str], cycles: int) -> tuple[list[dict], dic
         best = min(best, time.perf_counter() - t0)
     h2d = nbytes / best / 1e9
     del host, dev
+    from gpu_proof import Dev, build_llama
+
+    dev = Dev()
     rows = []
     for shape in shapes:
-        h, inter, layers, heads, kv, vocab = LLAMA_SHAPES[shape]
-        conf = LlamaConfig(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                           num_key_value_heads=kv, vocab_size=vocab, torch_dtype="bfloat16")
-        with torch.device("cpu"):
-            model = LlamaForCausalLM(conf).to(torch.bfloat16)
+        model = build_llama(dev, shape)  # random weights, built on the GPU
         eng = TransformersEngine(f"random-{shape}", "unused", {"device": "cuda"})
-        # hand the engine a built model: the same pinning and parking code as a loaded one
-        eng.device = "cuda"
-        eng._host = {n: p.data.pin_memory() for n, p in model.named_parameters()}
-        for n, p in model.named_parameters():
-            p.data = eng._host[n].to("cuda", non_blocking=True)
-        torch.cuda.synchronize()
-        eng.model = model
-        eng._loaded = True
+        eng.adopt(model)  # packed into pinned host memory as a read model is, then loaded
         size = sum(p.numel() * p.element_size() for p in model.parameters())
         waits = []
         for _ in range(cycles):
