@@ -14,7 +14,7 @@ from typing import Mapping, Protocol, Sequence
 
 from tqdm import tqdm
 
-from .engines.base import Engine, GenerationRequest, SamplingSettings
+from .engines.base import Engine, GenerationRequest, SamplingSettings, as_sibling
 from .errors import ConfigError, EngineError
 from .scheduling.residency import Limits, Tiers, step, traits_of
 
@@ -31,7 +31,7 @@ def group_by_expert(selections: Sequence[Sequence[str]], requests: Sequence[Gene
     plan: ExpertPlan = defaultdict(list)
     for qi, experts in enumerate(selections):
         for slot, expert in enumerate(experts):
-            plan[expert].append((qi, slot, requests[qi]))
+            plan[expert].append((qi, slot, as_sibling(requests[qi], qi, experts, slot)))
     return dict(plan)
 
 

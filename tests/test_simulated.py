@@ -4,9 +4,10 @@ import pytest
 from conftest import stream_beside_generate
 
 from skillmoe_ray.config import ExpertConfig
-from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings, as_sibling
 from skillmoe_ray.engines.registry import create_engine
-from skillmoe_ray.engines.simulated import Clock, CostConstants, SimulatedEngine, SimulatedSpec
+from skillmoe_ray.engines.simulated import Clock, CostConstants, SimulatedEngine, SimulatedSpec, independent_draws
+from skillmoe_ray.execution import group_by_expert
 from skillmoe_ray.tasks.catalogue import get_task, load_questions
 
 
@@ -162,3 +163,37 @@ def test_calls_that_overlap_share_decode_steps_and_a_lone_call_takes_its_batch_t
     assert e._decode.peak >= 5 and len(each) == 10
     assert total < 0.5 * 10 * alone, (total, alone)  # not one after another
     assert min(each) > alone, each  # sharing a step costs each a little
+
+
+def test_a_questions_prompts_split_over_calls_still_wait_for_the_longest_of_them():
+    """Three prompts of one question to one expert, run as one call or as three: the question waits for
+    the expected longest of three either way (the top-ranked call carries it), not for one mean length."""
+    c = CostConstants(step_fixed_s=0.01, step_per_seq_s=0.0, kv_s_per_token=0.0, prefill_s_per_token=0.0,
+                      out_tokens=100, cap_tokens=10**9)
+    spec = SimulatedSpec(size_gb=1.0, constants=c)
+    q = GenerationRequest.user("Which is right?")
+    experts = ["R1", "Other", "R1", "R1"]
+    marked = [as_sibling(q, 7, experts, slot) for slot in range(4)]
+    assert [m.meta.get("sibling") for m in marked] == [(7, 1, 3), None, (7, 2, 3), (7, 3, 3)]
+    assert marked[1] is q  # an expert asked once is one draw: nothing to mark
+    sampling = SamplingSettings(max_tokens=10**9)
+
+    def seconds(requests: list[GenerationRequest]) -> float:
+        clock = Clock(virtual=True)
+        SimulatedEngine("R1", spec, clock).generate(requests, sampling)
+        return clock.elapsed_s - c.load_s(1.0)
+
+    together = seconds([marked[0], marked[2], marked[3]])
+    assert together == pytest.approx(c.generate_s(3, 10**9)) == pytest.approx(0.01 * 100 * (1 + 1 / 2 + 1 / 3))  # one call: the batch formula, as before
+    split = [seconds([m]) for m in (marked[0], marked[2], marked[3])]
+    # the top rank alone waits for the longest of three draws (its KV reads are one sequence's, not three)
+    assert split[2] == pytest.approx(0.01 * 100 * (1 + 1 / 2 + 1 / 3))
+    # the others for the shortest and the middle one of three
+    assert split[0] == pytest.approx(0.01 * 100 / 3) and split[1] == pytest.approx(0.01 * 100 * (1 / 3 + 1 / 2))
+    # two questions in one call are independent draws; unmarked copies of one request count one each
+    other = as_sibling(q, 8, experts, 3)
+    assert independent_draws([marked[3], other]) == pytest.approx(6.0)
+    assert independent_draws([q, q]) == 2.0
+    # the offline plan marks them the same way
+    plan = group_by_expert([experts], [q])
+    assert [r.meta.get("sibling") for _, _, r in plan["R1"]] == [(0, 1, 3), (0, 2, 3), (0, 3, 3)]

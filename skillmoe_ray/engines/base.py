@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 Role = Literal["expert", "keyword", "aggregator"]
 
@@ -60,6 +60,20 @@ class GenerationRequest:
     @property
     def prompt(self) -> str:
         return self.messages[-1]["content"]
+
+
+def as_sibling(request: GenerationRequest, question: object, experts: Sequence[str], slot: int) -> GenerationRequest:
+    """The request of slot ``slot`` of a question that recruited ``experts``, marked with its rank among the
+    question's prompts to the same expert (``meta["sibling"] = (question, rank, of)``).
+
+    Several prompts of one question to one expert are draws of one distribution; whichever call runs
+    them, the question waits for the longest of the draws. An engine that models lengths by expectation
+    (the simulated one) reads the ranks so that a question's prompts split over several calls still take
+    the expected longest of all of them, not each the expected length of one. Real engines ignore it."""
+    same = [i for i, e in enumerate(experts) if e == experts[slot]]
+    if len(same) < 2:
+        return request
+    return replace(request, meta={**request.meta, "sibling": (question, same.index(slot) + 1, len(same))})
 
 
 class Engine(ABC):

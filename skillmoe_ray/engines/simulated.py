@@ -107,8 +107,9 @@ class CostConstants:
         """Reading the weights into host memory (what a prefetch overlaps with generation)."""
         return size_gb / self.load_gbps
 
-    def lengths(self, n: int, cap: int | None = None) -> tuple[float, float]:
-        """(expected longest response of n, expected response length), in tokens."""
+    def lengths(self, n: int, cap: int | None = None, draws: float | None = None) -> tuple[float, float]:
+        """(expected longest response of n, expected response length), in tokens. ``draws``: the number of
+        independent lengths the longest is taken over when it is not ``n`` (see :func:`independent_draws`)."""
         mean = float(self.out_tokens)
         cap = self.cap_tokens if cap is None else cap
         if n <= 0 or mean <= 0:
@@ -118,8 +119,7 @@ class CostConstants:
         if cap <= mean * 1e-9:
             return float(cap), float(cap)
         u = 1.0 - math.exp(-cap / mean)
-        longest = mean * sum(u**k / k for k in range(1, n + 1))
-        return longest, mean * u
+        return mean * _harmonic(n if draws is None else draws, u), mean * u
 
     def concurrency(self, mean_len: float, prompt_tokens: float | None = None, tp: int = 1) -> int:
         """Sequences that run at once: ``max_batch``, or fewer when the KV cache fills first."""
@@ -146,13 +146,13 @@ class CostConstants:
         return replace(self, out_tokens=min(self.out_tokens, out_tokens))
 
     def generate_s(self, n: int, out_tokens: int | None = None, tp: int = 1,
-                   prompt_tokens: float | None = None) -> float:
+                   prompt_tokens: float | None = None, draws: float | None = None) -> float:
         """Seconds for a batch of n prompts of ``prompt_tokens`` each (default: ``self.prompt_tokens``);
-        ``out_tokens`` caps the lengths (a request's max_tokens)."""
+        ``out_tokens`` caps the lengths (a request's max_tokens); ``draws``: see :meth:`lengths`."""
         if n <= 0:
             return 0.0
         prompt = self.prompt_tokens if prompt_tokens is None else prompt_tokens
-        longest, mean = self._capped(out_tokens).lengths(n)
+        longest, mean = self._capped(out_tokens).lengths(n, draws=draws)
         c = self.concurrency(mean, prompt, tp)
         # a sequence's step reads its KV cache: prompt + mean tokens on average over its life
         per_seq = self.step_per_seq_s + self.kv_s_per_token * (prompt + mean)
@@ -163,6 +163,47 @@ class CostConstants:
         prefill = n * prompt * self.prefill_s_per_token
         speedup = 1.0 + (max(1, tp) - 1) * self.tp_efficiency
         return (prefill + max(latency, throughput)) / speedup
+
+
+def _harmonic(m: float, u: float) -> float:
+    """sum(u**k / k, k = 1..m), linear between whole m (0 at 0): the expected longest of m exponential
+    lengths in units of the mean (``u`` < 1 when a cap cuts them)."""
+    whole = int(m)
+    h = sum(u**k / k for k in range(1, whole + 1))
+    return h + (m - whole) * u ** (whole + 1) / (whole + 1) if m > whole else h
+
+
+def _inverse_harmonic(h: float, u: float) -> float:
+    """The m whose :func:`_harmonic` is ``h``."""
+    m, acc = 0, 0.0
+    while True:
+        step = u ** (m + 1) / (m + 1)
+        if acc + step >= h or step <= 0:
+            return m + ((h - acc) / step if step > 0 else 0.0)
+        acc += step
+        m += 1
+
+
+def independent_draws(requests: list[GenerationRequest], u: float = 1.0) -> float:
+    """How many independent lengths a call's longest response is the longest of.
+
+    Prompts of different questions are independent draws. Several prompts of one question to one expert
+    (``meta["sibling"]``: rank r of n) are one question's n draws, ranked: a call holding ranks up to r
+    waits for the r-th shortest of n, whose expectation is the mean times H(n) - H(n - r), and counts as
+    the number of independent draws with that expected longest. A call with every rank counts n, as
+    before; one with only the top rank counts nearly n too, so three prompts split over three calls do
+    not each finish at the mean length, as if the question did not wait for the longest of three."""
+    alone = 0
+    top: dict[object, tuple[int, int]] = {}
+    for r in requests:
+        sib = r.meta.get("sibling")
+        if not sib:
+            alone += 1
+            continue
+        question, rank, of = sib
+        top[question] = (max(rank, top.get(question, (0, of))[0]), of)
+    return alone + sum(_inverse_harmonic(_harmonic(of, u) - _harmonic(of - rank, u), u)
+                       for rank, of in top.values())
 
 
 #: how a simulated answer states its simulated length, so a prompt quoting it is as long as it would be
@@ -358,7 +399,10 @@ class SimulatedEngine(Engine):
     def _batch_s(self, requests: list[GenerationRequest], sampling: SamplingSettings) -> float:
         """Modelled seconds of one batch."""
         prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
-        return self.spec.constants.generate_s(len(requests), sampling.max_tokens, self.tp, prompt)
+        consts = self.spec.constants
+        u = consts._capped(sampling.max_tokens).lengths(1)[1] / consts.out_tokens if consts.out_tokens > 0 else 1.0
+        return consts.generate_s(len(requests), sampling.max_tokens, self.tp, prompt,
+                                 draws=independent_draws(requests, u))
 
     def _count(self, requests: list[GenerationRequest], texts: list[str]) -> None:
         self._last_usage = [(int(self.prompt_tokens(r)), sum(int(m) for m in QUOTED_LENGTH.findall(t)))

@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from ..engines.base import SamplingSettings
+from ..engines.base import SamplingSettings, as_sibling
 from ..errors import EngineError
 from ..execution import ExpertPlan
 from ..scheduling.dispatch import Policy, WorkerView, decide, expected_order, predicted_bring, queues_of
@@ -252,7 +252,7 @@ class Scheduler:
 
         async def one(part: list[Slot]) -> None:
             sampling = part[0].q.work.sampling
-            items = [(s.key, s.q.work.request) for s in part]
+            items = [(s.key, as_sibling(s.q.work.request, s.q.id, s.q.experts, s.slot)) for s in part]
             metrics.batch(len(items))
             predicted = self.times.predict(expert, "resident", sampling.max_tokens)
             token = object()
