@@ -287,7 +287,7 @@ def part_switch(until: float, dev: Dev, shapes: list[str], cycles: int, floor: d
         dev.sync()
         build_s = time.perf_counter() - t0
         size = sum(p.numel() * p.element_size() for p in model.parameters())
-        eng = Engine(f"random-{shape}", "unused", {"device": dev.name, "host_copy": True})
+        eng = Engine(f"random-{shape}", "unused", {"device": dev.name, "host_copy": True, "free_on_park": False})
         adopt_s = dev.timed(lambda: eng.adopt(model))
         first_load_s = eng.last_load_s
         w = eng._weights

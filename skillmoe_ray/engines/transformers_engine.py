@@ -7,21 +7,23 @@ model back is one device allocation and one asynchronous host-to-device copy of
 that whole buffer on a stream of the model's own, at full PCIe bandwidth (no
 file I/O, no re-initialisation, no per-tensor copies); the parameters then
 become views into the device buffer. Parking points them back at the host
-views and drops the device buffer: the model holds no device memory (what the
-planner counts), but torch's caching allocator keeps the block, so the next
-load in this process (this model or another of no greater size) reuses it
-instead of freeing and allocating anew. On an H200 a 16 GB cudaFree followed at
-once by a cudaMalloc and the copy made that copy ~35 ms (11%) slower; with the
-block kept an 8B load runs at the copy floor (``benchmarks/gpu_proof.py``).
-``free_on_park`` gives the memory back to the driver at each park instead (for
-a process whose other engines allocate outside torch). On a CPU the weights
-already live in host memory: parking keeps them there, releasing frees them.
+views and drops the device buffer, and by default gives the memory back to
+the driver (``free_on_park``): a worker may hold vLLM engines beside this one,
+and vLLM checks the driver's free memory when it starts, which a block kept in
+torch's cache would take. A worker of transformers engines only can set
+``free_on_park: false``: torch's caching allocator then keeps the block, and
+the next load in this process (this model or another of no greater size)
+reuses it. On an H200 an 8B load took 331 ms (1.14x the pinned copy floor)
+with the memory given back and 293 ms (1.01x) with the block kept: a 16 GB
+cudaFree followed at once by a cudaMalloc slows the next copy by ~35 ms
+(``benchmarks/gpu_proof.py``). On a CPU the weights already live in host
+memory: parking keeps them there, releasing frees them.
 
 ``engine_args``: ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``),
 ``dtype`` (default bfloat16), ``threads`` (CPU), ``prompt_format`` and
 ``chat_template`` as for the vLLM engine (see :mod:`.chat`), ``host_copy``
 (park into a separate host copy; default: on a GPU only; on a CPU it exercises
-the GPU path's code, not pinned), ``free_on_park`` (default false, see above).
+the GPU path's code, not pinned), ``free_on_park`` (default true, see above).
 """
 
 from __future__ import annotations
@@ -227,8 +229,8 @@ class TransformersEngine(Engine):
         if not self._loaded:
             return
         if self._weights is not None:
-            self._weights.to_host()  # the device buffer's block stays in torch's cache for the next load
-            if self.device.startswith("cuda") and self.args.get("free_on_park"):
+            self._weights.to_host()
+            if self.device.startswith("cuda") and self.args.get("free_on_park", True):
                 import torch
 
                 torch.cuda.empty_cache()
