@@ -233,3 +233,29 @@ def test_budget_methods_in_evaluate_on_a_sample(recorded_runtime):
     assert m["budget_max3_vote"]["calls_per_question"] <= 3
     assert 2 <= m["budget_max5_vote"]["calls_per_question"] < m["fixed_top5_vote"]["calls_per_question"]
     assert m["budget_rank_max5_vote"]["accuracy_mean"] > 0.35
+
+
+def test_a_served_cascade_answers_in_the_same_record_the_scheduler_gives():
+    """The ingress runs cascade rounds through the pipeline; its answer is the scheduler's record type,
+    which /v1/solve's schema and the chat API's fields read field by field."""
+    from skillmoe_ray.engines.base import GenerationRequest, SamplingSettings
+    from skillmoe_ray.serving.ingress import SkillMoEIngress
+    from skillmoe_ray.serving.messages import AnswerRecord
+    from skillmoe_ray.serving.scheduler import Work
+    from skillmoe_ray.serving.schemas import SolveResponse, skillmoe_extra
+
+    prof = _toy_profiles()
+    engines = {"a": LetterEngine("a", "A"), "b": LetterEngine("b", "AB"), "c": LetterEngine("c", "BA"),
+               "d": LetterEngine("d", "C")}
+    pipe = Pipeline(get_task("GPQA"), None, BudgetRouter(prof, 3, prior_strength=None), OrderedVoteAggregator(),
+                    LocalExecutor(engines))
+    q = Question("GPQA", "request", 1, "q1")
+    work = Work(q, [], GenerationRequest.user("q1"), SamplingSettings(), 0, [])
+    record = SkillMoEIngress.func_or_class._cascade(pipe, work, ["x"])
+    assert isinstance(record, AnswerRecord)
+    assert record.experts == ["a", "b", "c"] and record.answer == "A"
+    assert [(p.expert, p.answer) for p in record.expert_answers] == [("a", "A"), ("b", "B"), ("c", "A")]
+    body = SolveResponse.model_validate(record).model_dump()
+    assert body["expert_answers"][1] == {"expert": "b", "answer": "B"} and body["answer"] == "A"
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert skillmoe_extra(record)["experts"] == ["a", "b", "c"]

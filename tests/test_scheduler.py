@@ -125,9 +125,9 @@ def test_a_question_with_resident_experts_returns_before_a_slow_one_of_the_same_
 
         (slow_r, fast_r), done = ex.call(race())
         # the fast one joined its resident expert at once; the slow one's load came after the fast one's answers
-        assert fast_r["experts"] == ["fast"] * 3 and slow_r["experts"] == ["slow"] * 3
+        assert fast_r.experts == ["fast"] * 3 and slow_r.experts == ["slow"] * 3
         assert done["fast"] < 1.0 and done["slow"] >= 2.0, done
-        assert fast_r["aggregator"] == "vote"
+        assert fast_r.aggregator == "vote"
     finally:
         if ex is not None:
             ex.close()
@@ -311,14 +311,14 @@ def test_a_streamed_question_reports_its_stages_then_the_aggregators_text_as_it_
     assert stages[first_delta - 1] == "aggregating" and set(kinds[first_delta:-1]) == {"delta"}
     deltas = [(t, e["delta"]) for t, e in events if "delta" in e]
     result = events[-1][1]["result"]
-    assert len(deltas) > 3 and "".join(d for _, d in deltas) == result["response"]
+    assert len(deltas) > 3 and "".join(d for _, d in deltas) == result.response
     # the first words arrive well before the aggregator has written the last (~1 s of modelled writing)
     assert deltas[-1][0] - deltas[0][0] > 0.5, deltas
     # the same question, not streamed: the same answer, text and usage
     whole = ex.call(sched.solve(_work(0)))
-    assert {k: whole[k] for k in ("answer", "response", "aggregator", "usage")} == \
-        {k: result[k] for k in ("answer", "response", "aggregator", "usage")}
-    assert result["aggregator"] == "writer" and result["usage"]["completion_tokens"] > 0
+    assert (whole.answer, whole.response, whole.aggregator, whole.usage) == \
+        (result.answer, result.response, result.aggregator, result.usage)
+    assert result.aggregator == "writer" and result.usage.completion_tokens > 0
     assert sched.pending == 0
 
 
@@ -357,7 +357,7 @@ def test_an_aggregator_lost_mid_stream_falls_back_to_a_vote(streaming_pool):
     fallback = [e for e in events if e.get("stage") == "fallback"]
     result = events[-1]["result"]
     assert fallback and "aggregator writer failed" in fallback[0]["why"]
-    assert result["aggregator"] == "vote (fallback: aggregator writer failed)" and result["answer"] in "ABCD"
+    assert result.aggregator == "vote (fallback: aggregator writer failed)" and result.answer in "ABCD"
     assert sum("delta" in e for e in events) >= 2 and sched.pending == 0
     sched.aggregation.actors["GPQA"] = new_aggregator()
 

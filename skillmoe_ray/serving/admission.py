@@ -21,6 +21,7 @@ from ..execution import best_substitute, describe_unhealthy, substitute_unhealth
 from ..solution import ExpertAnswer
 from ..tasks.catalogue import Question
 from . import metrics
+from .messages import AnswerRecord, ExpertPick, TokenCount
 
 
 class Overloaded(SkillMoEError):
@@ -82,18 +83,16 @@ class Open:
     def answers_in_order(self) -> list[ExpertAnswer]:
         return [self.answers[s] for s in range(len(self.experts))]
 
-    def record(self, merged: tuple[str | None, str, str], tokens: tuple[int, int], aggregate_s: float) -> dict:
-        """The answer record (the HTTP response's ``/v1/solve`` body and the chat API's ``skillmoe`` field
-        are made from it): the answer, who gave it, every expert's answer, tokens and stage timings."""
+    def record(self, merged: tuple[str | None, str, str], tokens: tuple[int, int], aggregate_s: float) -> AnswerRecord:
+        """Its answer record: the answer, who gave it, every expert's answer, tokens and stage timings."""
         (answer, response, who), (ap, ac) = merged, tokens
-        return {
-            "answer": answer, "response": response, "experts": list(self.experts),
-            "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in self.answers_in_order()],
-            "aggregator": who, "task": self.work.question.task,
-            "usage": {"prompt_tokens": self.prompt_tokens + ap, "completion_tokens": self.completion_tokens + ac},
-            "timings": {"queue": self.dispatched - self.admitted, "experts": self.experts_done - self.dispatched,
-                        "aggregate": aggregate_s},
-        }
+        return AnswerRecord(
+            answer=answer, response=response, experts=list(self.experts),
+            expert_answers=[ExpertPick(a.expert, a.pred) for a in self.answers_in_order()],
+            aggregator=who, task=self.work.question.task,
+            usage=TokenCount(self.prompt_tokens + ap, self.completion_tokens + ac),
+            timings={"queue": self.dispatched - self.admitted, "experts": self.experts_done - self.dispatched,
+                     "aggregate": aggregate_s})
 
 
 #: one expert slot of an open question, waiting on its expert's queue since ``at``

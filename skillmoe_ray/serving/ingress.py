@@ -38,8 +38,8 @@ from .app_spec import AppSpec
 from . import http, metrics
 from .http import HTTPError, check_access, from_error, read_api_key, read_json_body, user_error, validate
 from .scheduler import Overloaded, Unavailable, Work
-from .schemas import (ChatRequest, SolveRequest, SolveResponse, chat_chunk, chat_response, skillmoe_extra,
-                      usage_dict)
+from .messages import AnswerRecord, ExpertPick, TokenCount
+from .schemas import ChatRequest, SolveRequest, SolveResponse, chat_chunk, chat_response, skillmoe_extra
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,6 @@ def stage_text(event: dict[str, Any]) -> str:
     return str(event["stage"])
 
 
-def add_usage(*parts: dict[str, int] | None) -> dict[str, int]:
-    return {k: sum((p or {}).get(k, 0) for p in parts) for k in ("prompt_tokens", "completion_tokens")}
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class SkillMoEIngress:
@@ -236,7 +232,7 @@ class SkillMoEIngress:
                           share if not direct else {})
         return out
 
-    async def _solve(self, ask: Ask) -> dict[str, Any]:
+    async def _solve(self, ask: Ask) -> AnswerRecord:
         t0 = time.perf_counter()
         try:
             result = await asyncio.wait_for(self._result(ask), timeout=self.cfg.serving.request_timeout_s)
@@ -262,12 +258,12 @@ class SkillMoEIngress:
         return HTTPError(422, str(err))
 
     @staticmethod
-    def _timed(result: dict[str, Any], t0: float) -> dict[str, Any]:
-        result["timings"]["request"] = round(time.perf_counter() - t0, 6)
-        metrics.stages(result["timings"])
+    def _timed(result: AnswerRecord, t0: float) -> AnswerRecord:
+        result.timings["request"] = round(time.perf_counter() - t0, 6)
+        metrics.stages(result.timings)
         return result
 
-    async def _result(self, ask: Ask) -> dict[str, Any]:
+    async def _result(self, ask: Ask) -> AnswerRecord:
         async for event in self._answer(ask):
             if "result" in event:
                 return event["result"]
@@ -315,20 +311,20 @@ class SkillMoEIngress:
                 call.cancel()
                 raise
         ask.stage = "done"
-        result["skills"] = skills
-        result["usage"] = add_usage(result.get("usage"), keyword_usage)
-        timings = {**timings, **result["timings"], "total": time.perf_counter() - t0}
-        result["timings"] = {k: round(v, 6) for k, v in timings.items()}
+        result.skills = skills
+        result.usage = result.usage.plus(keyword_usage)
+        timings = {**timings, **result.timings, "total": time.perf_counter() - t0}
+        result.timings = {k: round(v, 6) for k, v in timings.items()}
         yield {"result": result}
 
     @staticmethod
-    def _cascade(pipe: Pipeline, work: Work, skills: list[str]) -> dict[str, Any]:
+    def _cascade(pipe: Pipeline, work: Work, skills: list[str]) -> AnswerRecord:
         meter = UsageMeter.start()
         s = pipe.solve([work.question], work.seed, [skills])[0]
-        return {"answer": s.answer, "response": s.response, "experts": s.experts,
-                "expert_answers": [{"expert": a.expert, "answer": a.pred} for a in s.answers],
-                "aggregator": s.aggregator, "task": work.question.task, "usage": meter.share(1),
-                "timings": {"experts": s.timings["experts"], "aggregate": s.timings["aggregate"]}}
+        return AnswerRecord(answer=s.answer, response=s.response, experts=list(s.experts),
+                            expert_answers=[ExpertPick(a.expert, a.pred) for a in s.answers],
+                            aggregator=s.aggregator, task=work.question.task, usage=TokenCount.of(meter.share(1)),
+                            timings={"experts": s.timings["experts"], "aggregate": s.timings["aggregate"]})
 
     def _task_for(self, name: str | None) -> str:
         if name is None:
@@ -360,8 +356,7 @@ class SkillMoEIngress:
             result = await self._solve(self._ask(request, body.question, body.task))
         except HTTPError as e:
             return from_error(e)
-        result["usage"] = usage_dict(result.get("usage"))
-        return result
+        return SolveResponse.model_validate(result)
 
     @api.get("/v1/models")
     async def models(self, request: Request):
@@ -481,14 +476,14 @@ class SkillMoEIngress:
         finally:
             if step is not None and not step.done():
                 step.cancel()  # the client went away: the scheduler's call is cancelled with it
-        text = solved["response"]
-        rest = f"{FALLBACK_NOTE.format(who=solved['aggregator'])}{text}" if fell_back and sent else \
+        text = solved.response
+        rest = f"{FALLBACK_NOTE.format(who=solved.aggregator)}{text}" if fell_back and sent else \
             text[len("".join(sent)):]
         for i in range(0, len(rest), STREAM_PIECE_CHARS):
             yield content(rest[i:i + STREAM_PIECE_CHARS])
         yield event({**chat_chunk(model, rid, created, {}, finish="stop"), "skillmoe": skillmoe_extra(solved)})
         if include_usage:
-            yield event(chat_chunk(model, rid, created, {}, usage=solved.get("usage"), with_choice=False))
+            yield event(chat_chunk(model, rid, created, {}, usage=solved.usage, with_choice=False))
         yield "data: [DONE]\n\n"
 
     async def _body(self, request: Request, model: Any) -> Any:

@@ -8,7 +8,7 @@ it is read rather than as a missing answer somewhere later.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Literal
+from typing import Any, Hashable, Literal, Mapping
 
 Bring = Literal["resident", "wake", "load"]
 
@@ -74,3 +74,59 @@ class JobReport:
 
     def completions(self) -> list[int]:
         return [c for _, c in self.usage.values()]
+
+
+@dataclass
+class ExpertPick:
+    """One recruited expert's answer, as a response lists it."""
+
+    expert: str
+    answer: str | None
+
+
+@dataclass
+class TokenCount:
+    """Prompt and completion tokens of every model call made for one question (the keyword LLM's too)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @classmethod
+    def of(cls, usage: "TokenCount | Mapping[str, int] | None") -> "TokenCount":
+        if isinstance(usage, TokenCount):
+            return usage
+        usage = usage or {}
+        return cls(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+
+    def plus(self, other: "TokenCount | Mapping[str, int] | None") -> "TokenCount":
+        o = TokenCount.of(other)
+        return TokenCount(self.prompt_tokens + o.prompt_tokens, self.completion_tokens + o.completion_tokens)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+
+@dataclass
+class AnswerRecord:
+    """One answered question: what the scheduler (or, for a cascade, the ingress's pipeline) hands back,
+    and the one thing every HTTP response is made from -- ``/v1/solve``'s body
+    (:class:`~skillmoe_ray.serving.schemas.SolveResponse` reads it field by field), a chat completion's
+    message and usage, and its ``skillmoe`` field."""
+
+    answer: str | None
+    response: str
+    experts: list[str]
+    expert_answers: list[ExpertPick]
+    #: the aggregator model, ``vote`` (no model asked), or the one expert asked by name
+    aggregator: str
+    task: str
+    usage: TokenCount = field(default_factory=TokenCount)
+    #: seconds per stage (queue, experts, aggregate; the ingress adds skills, route, total, request)
+    timings: dict[str, float] = field(default_factory=dict)
+    #: the skills the question was found to need (set by the ingress)
+    skills: list[str] = field(default_factory=list)

@@ -37,7 +37,7 @@ from . import metrics
 from .admission import Admission, Open, Overloaded, Slot, Unavailable, Work, substitute
 from .aggregating import Aggregation
 from .http import user_error
-from .messages import JobReport
+from .messages import AnswerRecord, JobReport
 from .planned import run_planned
 from .worker_pool import WorkerLost, WorkerPool, _await, limits_for, limits_from
 
@@ -107,7 +107,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ questions
 
-    async def solve(self, work: Work) -> dict[str, Any]:
+    async def solve(self, work: Work) -> AnswerRecord:
         """Admit one routed question; its answer when its own experts are done."""
         q = self._admit(work)
         try:

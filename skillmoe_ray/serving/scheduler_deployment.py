@@ -26,6 +26,7 @@ from ..aggregation.aggregators import log_odds_weights
 from ..tasks.catalogue import Catalogue, Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
 from .app_spec import AppSpec
+from .messages import AnswerRecord
 from ..scheduling.dispatch import Policy
 from .scheduler import Scheduler, Work, _await, limits_for
 
@@ -111,7 +112,7 @@ class SkillMoEScheduler:
         log.info("scheduler for %s: %d workers, %d aggregator actor(s), %d attached to from before",
                  cfg.name, len(self.workers), len(actors), attached)
 
-    async def solve(self, work: Work) -> dict[str, Any]:
+    async def solve(self, work: Work) -> AnswerRecord:
         return await self.core.solve(work)
 
     async def solve_stream(self, work: Work) -> AsyncIterator[dict[str, Any]]:

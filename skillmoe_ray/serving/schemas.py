@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .messages import AnswerRecord, TokenCount
+
 
 class SolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -22,17 +24,25 @@ class SolveRequest(BaseModel):
 
 
 class ExpertOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     expert: str
     answer: str | None
 
 
 class Usage(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
 
 
 class SolveResponse(BaseModel):
+    """``/v1/solve``'s body: the scheduler's :class:`~skillmoe_ray.serving.messages.AnswerRecord`, field by field."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     answer: str | None
     response: str
     skills: list[str]
@@ -98,31 +108,31 @@ class ChatRequest(BaseModel):
     seed: int | None = None
 
 
-def usage_dict(usage: dict[str, int] | None) -> dict[str, int]:
-    p, c = (usage or {}).get("prompt_tokens", 0), (usage or {}).get("completion_tokens", 0)
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+def usage_dict(usage: TokenCount | dict[str, int] | None) -> dict[str, int]:
+    return TokenCount.of(usage).as_dict()
 
 
-def chat_response(model: str, solved: dict[str, Any], created: int, rid: str) -> dict[str, Any]:
+def chat_response(model: str, solved: AnswerRecord, created: int, rid: str) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": solved["response"]},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": solved.response},
                      "finish_reason": "stop"}],
-        "usage": usage_dict(solved.get("usage")),
+        "usage": solved.usage.as_dict(),
         "skillmoe": skillmoe_extra(solved),
     }
 
 
-def skillmoe_extra(solved: dict[str, Any]) -> dict[str, Any]:
+def skillmoe_extra(solved: AnswerRecord) -> dict[str, Any]:
     """What a chat response (and a stream's finish chunk) adds to OpenAI's fields: answer, skills, experts, ..."""
-    return {k: solved[k] for k in ("answer", "skills", "experts", "aggregator", "task", "timings")}
+    return {"answer": solved.answer, "skills": list(solved.skills), "experts": list(solved.experts),
+            "aggregator": solved.aggregator, "task": solved.task, "timings": dict(solved.timings)}
 
 
 def chat_chunk(model: str, rid: str, created: int, delta: dict[str, Any], finish: str | None = None,
-               usage: dict[str, int] | None = None, with_choice: bool = True) -> dict[str, Any]:
+               usage: TokenCount | None = None, with_choice: bool = True) -> dict[str, Any]:
     """One server-sent event of a streamed chat completion (OpenAI's ``chat.completion.chunk``)."""
     chunk: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                              "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if with_choice else []}
