@@ -132,5 +132,5 @@ async def run_planned(sched: "Scheduler", plan: ExpertPlan, sampling: SamplingSe
             for p, c in result.usage.values():
                 tokens["prompt_tokens"] += p
                 tokens["completion_tokens"] += c
-            sched.usage.update({expert: len(result.texts)})
+            sched.asked.update({expert: len(result.texts)})
     return texts, tokens

@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from typing import Any, AsyncIterator, Mapping, Sequence
 
+from ..config import ServingConfig
 from ..engines.base import SamplingSettings, as_sibling
 from ..errors import EngineError
 from ..execution import ExpertPlan
@@ -64,11 +65,21 @@ class Scheduler:
         self.pool.on_change = self._kick
         self.admission = Admission(max_pending)
         self.aggregation = Aggregation(aggregators or {}, aggregator_names or {}, self.catalogue, aggregate_timeout_s)
-        #: prompts answered per expert, and questions answered
-        self.usage: Counter[str] = Counter()
+        #: prompts answered per expert (the demand residency's expected order follows), and questions answered
+        self.asked: Counter[str] = Counter()
         self.served = 0
         self.last_assignment: Assignment | None = None
         self._kicked = False
+
+    @classmethod
+    def from_config(cls, workers: Sequence[Any], limits: Limits, cost: Costs, aggregators: Mapping[str, Any],
+                    aggregator_names: Mapping[str, str], serving: ServingConfig,
+                    catalogue: Catalogue | None = None) -> "Scheduler":
+        """A scheduler set by the deployment's ``serving`` section, read here in one place."""
+        return cls(workers, limits, cost, aggregators, aggregator_names, Policy(serving.join_limit, serving.max_wait_s),
+                   serving.max_pending, aggregate_timeout_s=serving.aggregator_timeout_s,
+                   job_timeout_factor=serving.job_timeout_factor, job_timeout_min_s=serving.job_timeout_min_s,
+                   probe_interval_s=serving.health_probe_s, catalogue=catalogue)
 
     # ------------------------------------------------------------------ views
 
@@ -192,7 +203,7 @@ class Scheduler:
                            views[w].bringing or ("(planned jobs)" if views[w].planned else None), views[w].draining,
                            self.pool.free_in(w, now))
                 for w in alive]
-        upcoming = expected_order(waiting, self.usage, self.expert_names)
+        upcoming = expected_order(waiting, self.asked, self.expert_names)
         decision = decide(queues_of(waiting, now), seen, self.limits, self.policy, upcoming)
         for wid in decision.drain:
             views[wid].draining = True
@@ -355,7 +366,7 @@ class Scheduler:
         """The question's answer record, from its experts' answers and the aggregator's (started at ``t0``)."""
         if not q.live:
             return
-        self.usage.update(q.experts)
+        self.asked.update(q.experts)
         self.served += 1
         metrics.answered(q.experts, q.prompt_tokens + tokens[0], q.completion_tokens + tokens[1])
         q.future.set_result(q.record(merged, tokens, time.perf_counter() - t0))

@@ -27,7 +27,6 @@ from ..tasks.catalogue import Catalogue, Question
 from .actors import cost_model_for, start_aggregator, start_workers, stop_actors
 from .app_spec import AppSpec
 from .messages import AnswerRecord
-from ..scheduling.dispatch import Policy
 from .scheduler import Scheduler, Work, _await, limits_for
 
 log = logging.getLogger(__name__)
@@ -101,12 +100,8 @@ class SkillMoEScheduler:
                 self.aggregators[t] = actor
                 self.aggregator_actor_names[t] = f"{name}:aggregator:{who}"
         self._actors = actors
-        self.core = Scheduler(
-            self.workers, limits_for(traits, budgets, sv.prefetch),
-            cost_model_for(experts), self.aggregators, agg_names, Policy(sv.join_limit, sv.max_wait_s),
-            sv.max_pending, aggregate_timeout_s=sv.aggregator_timeout_s,
-            job_timeout_factor=sv.job_timeout_factor, job_timeout_min_s=sv.job_timeout_min_s,
-            probe_interval_s=sv.health_probe_s, catalogue=catalogue)
+        self.core = Scheduler.from_config(self.workers, limits_for(traits, budgets, sv.prefetch),
+                                          cost_model_for(experts), self.aggregators, agg_names, sv, catalogue)
         self.core.adopt(states)
         self.attached = attached
         log.info("scheduler for %s: %d workers, %d aggregator actor(s), %d attached to from before",
@@ -159,7 +154,7 @@ class SkillMoEScheduler:
             except Exception as exc:  # noqa: BLE001 - dead or unreachable: say so, the pool view must answer
                 aggs[task] = {"name": self.core.aggregator_names.get(task), "status":
                               f"unavailable ({type(exc).__name__}); answers fall back to a vote"}
-        return {"workers": workers, "aggregators": aggs, "usage": dict(self.core.usage),
+        return {"workers": workers, "aggregators": aggs, "usage": dict(self.core.asked),
                 "unhealthy": dict(self.core.unhealthy), "served": self.core.served,
                 "queued": {e: len(t) for e, t in self.core.admission.waiting().items()},
                 "pending": self.core.pending, "predicted": self.core.predicted_counts(),
