@@ -118,7 +118,7 @@ class CostConstants:
             return mean, mean
         if cap <= mean * 1e-9:
             return float(cap), float(cap)
-        u = 1.0 - math.exp(-cap / mean)
+        u = _cap_share(cap, mean)
         return mean * _harmonic(n if draws is None else draws, u), mean * u
 
     def concurrency(self, mean_len: float, prompt_tokens: float | None = None, tp: int = 1) -> int:
@@ -128,6 +128,12 @@ class CostConstants:
             prompt = self.prompt_tokens if prompt_tokens is None else prompt_tokens
             c = min(c, int(self.kv_tokens * max(1, tp) // max(1.0, prompt + mean_len)))
         return max(1, c)
+
+    def cap_share(self, out_tokens: int | None = None) -> float:
+        """E[min(L, cap)] / E[L] for an exponential length L under a max_tokens of ``out_tokens``: the weight
+        of :meth:`lengths`'s harmonic sums (1 where no cap cuts an exponential length)."""
+        c = self._capped(out_tokens)
+        return _cap_share(c.cap_tokens, c.out_tokens) if c.cap_tokens > 0 and c.out_tokens > 0 else 1.0
 
     def mean_length(self, out_tokens: int | None = None) -> float:
         """Expected length of one response under a max_tokens of ``out_tokens``."""
@@ -163,6 +169,10 @@ class CostConstants:
         prefill = n * prompt * self.prefill_s_per_token
         speedup = 1.0 + (max(1, tp) - 1) * self.tp_efficiency
         return (prefill + max(latency, throughput)) / speedup
+
+
+def _cap_share(cap: float, mean: float) -> float:
+    return 1.0 - math.exp(-cap / mean)
 
 
 def _harmonic(m: float, u: float) -> float:
@@ -400,9 +410,8 @@ class SimulatedEngine(Engine):
         """Modelled seconds of one batch."""
         prompt = sum(self.prompt_tokens(r) for r in requests) / len(requests)
         consts = self.spec.constants
-        u = consts._capped(sampling.max_tokens).lengths(1)[1] / consts.out_tokens if consts.out_tokens > 0 else 1.0
         return consts.generate_s(len(requests), sampling.max_tokens, self.tp, prompt,
-                                 draws=independent_draws(requests, u))
+                                 draws=independent_draws(requests, consts.cap_share(sampling.max_tokens)))
 
     def _count(self, requests: list[GenerationRequest], texts: list[str]) -> None:
         self._last_usage = [(int(self.prompt_tokens(r)), sum(int(m) for m in QUOTED_LENGTH.findall(t)))

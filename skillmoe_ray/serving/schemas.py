@@ -108,10 +108,6 @@ class ChatRequest(BaseModel):
     seed: int | None = None
 
 
-def usage_dict(usage: TokenCount | dict[str, int] | None) -> dict[str, int]:
-    return TokenCount.of(usage).as_dict()
-
-
 def chat_response(model: str, solved: AnswerRecord, created: int, rid: str) -> dict[str, Any]:
     return {
         "id": rid,
@@ -137,5 +133,5 @@ def chat_chunk(model: str, rid: str, created: int, delta: dict[str, Any], finish
     chunk: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
                              "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if with_choice else []}
     if usage is not None:
-        chunk["usage"] = usage_dict(usage)
+        chunk["usage"] = usage.as_dict()
     return chunk
